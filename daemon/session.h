@@ -1,0 +1,29 @@
+/* Sessions: the table of live learner sessions keyed by connection and by
+ * learner, their lifecycle (Hello, resume, take-over, close) and the
+ * handling of every protocol message on the core thread. */
+#ifndef PROCTORD_SESSION_H
+#define PROCTORD_SESSION_H
+
+#include <stddef.h>
+
+#include "core.h"
+#include "net.h"
+
+#define SESSION_OK 0
+#define SESSION_ERR -1
+
+struct session_table *session_table_new(struct core *core);
+
+/* Frees every session (without sending anything). */
+void session_table_free(struct session_table *t);
+
+/* Handles one event from a network thread; takes ownership of its
+ * message and claims. */
+void session_handle(struct core *core, struct net_event *ev);
+
+/* Drives time: deadlines, absence, heartbeat grace. Called every second. */
+void session_tick(struct core *core);
+
+size_t session_count(const struct session_table *t);
+
+#endif

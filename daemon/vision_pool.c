@@ -1,0 +1,265 @@
+/* Worker threads around vision_analyze(). Each worker owns a
+ * vision_worker (its own copies of the networks); the engine is shared
+ * read-only. Finished jobs wait in a bounded queue for the core thread,
+ * which always has room: it holds at most as many as were admitted. */
+#include "vision_pool.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "queue.h"
+
+struct vision_pool {
+    struct core *core;
+    struct vision_engine *engine;
+    struct vision_worker **workers;
+    pthread_t *threads;
+    int nworkers;
+    int started;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct vision_job **jobs;   /* ring of capacity */
+    int capacity;
+    int head;
+    int count;
+    int running;                /* jobs being analysed */
+    int stopping;
+
+    struct queue done;          /* of struct vision_job * */
+    struct event *done_ev;
+};
+
+struct worker_arg {
+    struct vision_pool *pool;
+    struct vision_worker *worker;
+};
+
+struct vision_job *vision_job_new(unsigned char *jpeg, size_t len,
+                                  vision_job_cb done)
+{
+    struct vision_job *job = calloc(1, sizeof(*job));
+
+    if (job == NULL)
+        return NULL;
+    job->jpeg = jpeg;
+    job->len = len;
+    job->done = done;
+    return job;
+}
+
+void vision_job_free(struct vision_job *job)
+{
+    if (job == NULL)
+        return;
+    free(job->jpeg);
+    free(job);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker_arg *wa = arg;
+    struct vision_pool *pool = wa->pool;
+    struct vision_job *job;
+
+    for (;;) {
+        pthread_mutex_lock(&pool->lock);
+        while (pool->count == 0 && !pool->stopping)
+            pthread_cond_wait(&pool->cond, &pool->lock);
+        if (pool->stopping) {
+            pthread_mutex_unlock(&pool->lock);
+            break;
+        }
+        job = pool->jobs[pool->head];
+        pool->head = (pool->head + 1) % pool->capacity;
+        pool->count--;
+        pool->running++;
+        pthread_mutex_unlock(&pool->lock);
+
+        vision_analyze(wa->worker, job->jpeg, job->len, &job->result);
+        metrics_add(snapshots_analyzed, 1);
+
+        /* done has room for every admitted job, so this cannot fail. */
+        queue_push(&pool->done, &job, NULL);
+        event_active(pool->done_ev, EV_READ, 0);
+        pthread_mutex_lock(&pool->lock);
+        pool->running--;
+        pthread_mutex_unlock(&pool->lock);
+    }
+    free(wa);
+    return NULL;
+}
+
+static void on_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct vision_pool *pool = arg;
+    struct vision_job *batch[32];
+    size_t n;
+
+    (void)fd;
+    (void)what;
+    while ((n = queue_pop_many(&pool->done, batch, 32)) > 0) {
+        for (size_t i = 0; i < n; i++)
+            batch[i]->done(pool->core, batch[i]);
+    }
+}
+
+static int start_workers(struct vision_pool *pool, char *err, size_t errlen)
+{
+    for (int i = 0; i < pool->nworkers; i++) {
+        struct worker_arg *wa = malloc(sizeof(*wa));
+
+        pool->workers[i] = vision_worker_new(pool->engine, err, errlen);
+        if (wa == NULL || pool->workers[i] == NULL) {
+            free(wa);
+            return -1;
+        }
+        wa->pool = pool;
+        wa->worker = pool->workers[i];
+        if (pthread_create(&pool->threads[i], NULL, worker_main, wa) != 0) {
+            free(wa);
+            snprintf(err, errlen, "vision.workers: cannot start a thread");
+            return -1;
+        }
+        pool->started++;
+    }
+    return 0;
+}
+
+struct vision_pool *vision_pool_new(struct core *core, char *err,
+                                    size_t errlen)
+{
+    struct vision_pool *pool = calloc(1, sizeof(*pool));
+    struct vision_options opt;
+    char why[256] = "";
+
+    if (pool == NULL)
+        return NULL;
+    pool->core = core;
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->cond, NULL);
+
+    memset(&opt, 0, sizeof(opt));
+    opt.models_dir = core->cfg.models_dir;
+    opt.second_face_ratio = core->cfg.second_face_ratio;
+    opt.max_pixels = core->cfg.max_pixels;
+    pool->engine = vision_engine_new(&opt, why, sizeof(why));
+    if (pool->engine == NULL) {
+        snprintf(err, errlen, "vision.models_dir: %s", why);
+        goto fail;
+    }
+    if (vision_degraded(pool->engine))
+        log_warning("msg=\"running degraded: no YuNet detector, using a "
+                    "cascade; more missed faces, no landmarks\" "
+                    "detector=%s", vision_detector_name(pool->engine));
+    log_notice("msg=\"vision ready\" detector=%s model=%s threshold=%.3f "
+               "workers=%d", vision_detector_name(pool->engine),
+               vision_model_id(pool->engine),
+               vision_default_threshold(pool->engine),
+               core->cfg.vision_workers);
+
+    pool->nworkers = core->cfg.vision_workers > 0 ? core->cfg.vision_workers
+                                                  : 1;
+    pool->capacity = core->cfg.vision_queue > 0 ? core->cfg.vision_queue
+                                                : 64;
+    pool->jobs = calloc((size_t)pool->capacity, sizeof(*pool->jobs));
+    pool->workers = calloc((size_t)pool->nworkers, sizeof(*pool->workers));
+    pool->threads = calloc((size_t)pool->nworkers, sizeof(*pool->threads));
+    if (pool->jobs == NULL || pool->workers == NULL ||
+        pool->threads == NULL ||
+        queue_init(&pool->done, (size_t)(pool->capacity + pool->nworkers),
+                   sizeof(struct vision_job *)) != QUEUE_OK) {
+        snprintf(err, errlen, "vision: out of memory");
+        goto fail;
+    }
+    pool->done_ev = event_new(core->base, -1, 0, on_done, pool);
+    if (start_workers(pool, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "vision.workers: %s", why);
+        goto fail;
+    }
+    return pool;
+
+fail:
+    vision_pool_stop(pool);
+    vision_pool_free(pool);
+    return NULL;
+}
+
+int vision_pool_submit(struct vision_pool *pool, struct vision_job *job)
+{
+    int slot;
+
+    pthread_mutex_lock(&pool->lock);
+    if (pool->stopping || pool->count + pool->running >= pool->capacity) {
+        pthread_mutex_unlock(&pool->lock);
+        metrics_add(vision_busy, 1);
+        return VISION_POOL_FULL;
+    }
+    slot = (pool->head + pool->count) % pool->capacity;
+    pool->jobs[slot] = job;
+    pool->count++;
+    pthread_cond_signal(&pool->cond);
+    pthread_mutex_unlock(&pool->lock);
+    return VISION_POOL_OK;
+}
+
+int vision_pool_busy(struct vision_pool *pool)
+{
+    int n;
+
+    if (pool == NULL)
+        return 0;
+    pthread_mutex_lock(&pool->lock);
+    n = pool->count + pool->running;
+    pthread_mutex_unlock(&pool->lock);
+    return n + (int)queue_depth(&pool->done);
+}
+
+const struct vision_engine *vision_pool_engine(struct vision_pool *pool)
+{
+    return pool->engine;
+}
+
+void vision_pool_stop(struct vision_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    pthread_mutex_lock(&pool->lock);
+    pool->stopping = 1;
+    pthread_cond_broadcast(&pool->cond);
+    pthread_mutex_unlock(&pool->lock);
+    for (int i = 0; i < pool->started; i++)
+        pthread_join(pool->threads[i], NULL);
+    pool->started = 0;
+}
+
+void vision_pool_free(struct vision_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    /* Jobs still queued or finished but unhandled are dropped here. */
+    for (int i = 0; i < pool->count; i++)
+        vision_job_free(pool->jobs[(pool->head + i) % pool->capacity]);
+    if (pool->done.items != NULL) {
+        struct vision_job *job;
+        while (queue_pop_many(&pool->done, &job, 1) == 1)
+            vision_job_free(job);
+        queue_cleanup(&pool->done);
+    }
+    for (int i = 0; pool->workers != NULL && i < pool->nworkers; i++)
+        vision_worker_free(pool->workers[i]);
+    if (pool->engine != NULL)
+        vision_engine_free(pool->engine);
+    if (pool->done_ev != NULL)
+        event_free(pool->done_ev);
+    free(pool->jobs);
+    free(pool->workers);
+    free(pool->threads);
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->cond);
+    free(pool);
+}

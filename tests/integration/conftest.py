@@ -1,0 +1,371 @@
+"""Integration harness: a real redis-server and the real proctord binary on
+free loopback ports, the protocol compiled from proto/proctor.proto, HS256
+tokens made the way a platform makes them, and a WebSocket client."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.environ.get("PROCTORD_SOURCE", os.path.normpath(
+    os.path.join(HERE, "..", "..")))
+SHARED = os.environ.get("PROCTORD_SHARED") or os.path.normpath(
+    os.path.join(SOURCE, "..", "shared"))
+BIN = os.environ.get("PROCTORD_BIN") or os.path.join(
+    SOURCE, "build", "daemon", "proctord")
+SECRET = "integration-secret-0123456789"
+
+
+def _compile_proto():
+    out = tempfile.mkdtemp(prefix="proctord-pb-")
+    subprocess.run(["protoc", "--python_out=" + out,
+                    "-I" + os.path.join(SOURCE, "proto"),
+                    os.path.join(SOURCE, "proto", "proctor.proto")],
+                   check=True)
+    sys.path.insert(0, out)
+    import proctor_pb2  # noqa: E402
+    return proctor_pb2
+
+
+pb = _compile_proto()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_token(secret=SECRET, alg="HS256", header=None, **claims):
+    """An HS256 JWT over claims; exp defaults to an hour from now."""
+    now = int(time.time())
+    body = {"iat": now, "exp": now + 3600}
+    body.update(claims)
+    body = {k: v for k, v in body.items() if v is not None}
+    head = header or {"alg": alg, "typ": "JWT"}
+    signing = (b64url(json.dumps(head).encode()) + "." +
+               b64url(json.dumps(body).encode()))
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + b64url(sig)
+
+
+def learner_token(sub="learner-1", course="course-1", org="org-1",
+                  role="manager", **extra):
+    return make_token(sub=sub, course=course, org=org, role=role, **extra)
+
+
+def platform_token(**extra):
+    return make_token(sub="platform-1", scope="platform", **extra)
+
+
+def supervisor_token(**extra):
+    return make_token(sub="supervisor-1", scope="supervisor", **extra)
+
+
+class Redis:
+    """A private redis-server with AOF in its own directory."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "redis")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", self.dir, "--appendonly", "yes", "--appendfsync",
+             "everysec", "--save", "", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if self.cli("PING") == "PONG":
+                    return
+            except subprocess.CalledProcessError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def kill(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def cli(self, *args):
+        out = subprocess.run(["redis-cli", "-p", str(self.port), "--raw"] +
+                             [str(a) for a in args], check=True,
+                             capture_output=True, timeout=10)
+        return out.stdout.decode().rstrip("\n")
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+
+class Daemon:
+    """The real proctord on free ports, with a config written for it."""
+
+    def __init__(self, workdir, redis_address, overrides=None):
+        self.workdir = workdir
+        self.ws_port = free_port()
+        self.http_port = free_port()
+        self.config_path = os.path.join(workdir, "proctord.conf")
+        self.log_path = os.path.join(workdir, "proctord.log")
+        sections = {
+            "server": {"ws_listen": "127.0.0.1:%d" % self.ws_port,
+                       "http_listen": "127.0.0.1:%d" % self.http_port,
+                       "threads": "2"},
+            "redis": {"address": redis_address,
+                      "data_dir": os.path.join(workdir, "embedded")},
+            "auth": {"jwt_secret": SECRET},
+            "log": {"level": "verbose"},
+            "vision": {"models_dir": os.path.join(SHARED, "models"),
+                       "workers": "2"},
+        }
+        for key, value in (overrides or {}).items():
+            section, name = key.split(".", 1)
+            sections.setdefault(section, {})[name] = value
+        self.sections = sections
+        self.write_config()
+        self.proc = None
+
+    def write_config(self):
+        with open(self.config_path, "w") as f:
+            for section, keys in self.sections.items():
+                f.write("[%s]\n" % section)
+                for k, v in keys.items():
+                    f.write("%s = %s\n" % (k, v))
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, "-c", self.config_path],
+                                     stdout=self.log, stderr=self.log)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("proctord exited: %s" % self.read_log())
+            try:
+                with socket.create_connection(("127.0.0.1", self.ws_port),
+                                              timeout=0.2):
+                    pass
+                with socket.create_connection(("127.0.0.1", self.http_port),
+                                              timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("proctord did not start: %s" % self.read_log())
+
+    def read_log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.proc = None
+        self.log.close()
+        return rc
+
+    def rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    @property
+    def ws_url(self):
+        return "ws://127.0.0.1:%d/v1/learn" % self.ws_port
+
+    def http(self, method, path, token=None, body=None, headers=None,
+             timeout=10):
+        """Returns (status, headers, body bytes)."""
+        req = urllib.request.Request(
+            "http://127.0.0.1:%d%s" % (self.http_port, path), method=method,
+            data=body)
+        if token is not None:
+            req.add_header("Authorization", "Bearer " + token)
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def http_json(self, method, path, token=None, body=None, headers=None):
+        status, _, data = self.http(method, path, token, body, headers)
+        return status, json.loads(data.decode()) if data else None
+
+    def metric(self, name):
+        _, _, data = self.http("GET", "/metrics")
+        total = 0.0
+        for line in data.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture
+def workdir():
+    d = tempfile.mkdtemp(prefix="proctord-it-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def redis(workdir):
+    r = Redis(workdir)
+    yield r
+    r.kill()
+
+
+@pytest.fixture
+def daemon_factory(workdir, redis):
+    started = []
+
+    def make(overrides=None, start=True, redis_address=None):
+        d = Daemon(tempfile.mkdtemp(dir=workdir), redis_address or
+                   redis.address, overrides)
+        started.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in started:
+        d.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    return daemon_factory()
+
+
+def run(coro, timeout=120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class Learner:
+    """One learner's WebSocket: seq numbering, typed sends and receives."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.seq = 0
+        self.welcome = None
+
+    @classmethod
+    async def connect(cls, daemon, subprotocol="proctor.v1", path="/v1/learn"):
+        url = "ws://127.0.0.1:%d%s" % (daemon.ws_port, path)
+        ws = await websockets.connect(
+            url, subprotocols=[subprotocol] if subprotocol else None,
+            max_size=None, ping_interval=None, open_timeout=10)
+        return cls(ws)
+
+    async def send(self, **body):
+        self.seq += 1
+        msg = pb.ClientMessage(seq=self.seq, **body)
+        await self.ws.send(msg.SerializeToString())
+        return self.seq
+
+    async def hello(self, token=None, resume=""):
+        await self.send(hello=pb.Hello(token=token or learner_token(),
+                                       client="pytest",
+                                       resume_session_id=resume))
+        self.welcome = await self.expect("welcome")
+        return self.welcome
+
+    async def heartbeat(self, **fields):
+        hb = dict(page_visible=True, window_focused=True, input_events=1)
+        hb.update(fields)
+        await self.send(heartbeat=pb.Heartbeat(
+            client_time_ms=int(time.time() * 1000), **hb))
+
+    async def snapshot(self, jpeg, challenge_id, frames=None):
+        await self.send(snapshot=pb.Snapshot(
+            jpeg=jpeg, challenge_id=challenge_id,
+            captured_at_ms=int(time.time() * 1000), frames=frames or []))
+
+    async def recv(self, timeout=10):
+        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        msg = pb.ServerMessage()
+        msg.ParseFromString(data)
+        return msg
+
+    async def expect(self, kind, timeout=10, skip=("challenge", "status")):
+        """Receives until a message of kind arrives; others in skip are
+        passed over (and challenges remembered)."""
+        deadline = time.time() + timeout
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                raise AssertionError("no %s within %ss" % (kind, timeout))
+            msg = await self.recv(left)
+            which = msg.WhichOneof("body")
+            if which == "challenge":
+                self.last_challenge = msg.challenge
+            if which == kind:
+                self.last_ack = msg.ack_seq
+                return getattr(msg, kind)
+            if which not in skip:
+                raise AssertionError("expected %s, got %s" % (kind, msg))
+
+    async def closed_code(self, timeout=15):
+        """Reads until the server closes; returns its close code."""
+        try:
+            while True:
+                await asyncio.wait_for(self.ws.recv(), timeout)
+        except websockets.ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd is not None else None
+
+    async def close(self):
+        await self.ws.close()
+
+
+def face(name):
+    """Bytes of a photograph in the shared data set."""
+    with open(os.path.join(SHARED, "data", "faces", name), "rb") as f:
+        return f.read()
