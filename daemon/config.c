@@ -59,6 +59,9 @@ struct key_def {
 #define GIB 1073741824.0
 
 static const struct key_def key_defs[] = {
+    /* No timeout may be 0: there is no "off", and 0 would close every
+     * connection at once. Below 1KiB no snapshot or request fits; above
+     * 1GiB one client could hold a large part of the daemon's memory. */
     {"server", "ws_listen", KEY_ADDR, F(ws_listen), 0, 0, 0},
     {"server", "http_listen", KEY_ADDR, F(http_listen), 0, 0, 0},
     {"server", "threads", KEY_INT, F(threads), 0, 1024, 0},
@@ -74,17 +77,21 @@ static const struct key_def key_defs[] = {
     {"server", "shutdown_timeout", KEY_DURATION, F(shutdown_timeout_ms), 1,
      INFINITY, 0},
 
+    /* commit_buffer 0: crediting pauses as soon as Redis is gone. */
     {"redis", "address", KEY_REDIS_ADDR, F(redis_address), 0, 0, 0},
     {"redis", "data_dir", KEY_PATH, F(redis_data_dir), 0, 0, 0},
     {"redis", "server", KEY_PATH, F(redis_server), 0, 0, 0},
     {"redis", "cluster", KEY_BOOL, F(redis_cluster), 0, 0, 0},
     {"redis", "commit_buffer", KEY_INT, F(commit_buffer), 0, 1e7, 0},
 
+    /* More than an hour of skew is a broken clock, and a leeway that long
+     * would keep every expired token alive for as long. */
     {"auth", "jwt_secret", KEY_SECRET, F(jwt_secret), 0, 0, 0},
     {"auth", "leeway", KEY_DURATION, F(jwt_leeway_ms), 0, MS_H, 0},
 
     {"log", "level", KEY_LEVEL, F(log_level), 0, 0, 0},
 
+    /* max_pixels is a count (width x height), not a size in bytes. */
     {"vision", "models_dir", KEY_PATH, F(models_dir), 0, 0, 0},
     {"vision", "workers", KEY_INT, F(vision_workers), 0, 1024, 0},
     {"vision", "second_face_ratio", KEY_DOUBLE, F(second_face_ratio), 0, 1,
@@ -92,12 +99,15 @@ static const struct key_def key_defs[] = {
     {"vision", "max_pixels", KEY_INT64, F(max_pixels), 1, 1e9, 0},
     {"vision", "queue", KEY_INT, F(vision_queue), 1, 1e6, 0},
 
+    /* Credit hours as the regulator counts them, not durations. */
     {"requirements", "manager", KEY_ROLE, F(manager), 0, 1e4, 0},
     {"requirements", "safety_officer", KEY_ROLE, F(safety_officer), 0, 1e4,
      0},
     {"requirements", "team_leader", KEY_ROLE, F(team_leader), 0, 1e4, 0},
     {"requirements", "online_share", KEY_SHARE, F(online_share), 0, 1, 1},
 
+    /* match_threshold spans the cosine similarity range; a negative value
+     * keeps the model's own. resume_window 0 never resumes a session. */
     {"policy", "heartbeat_interval", KEY_DURATION, P(heartbeat_interval_ms),
      1, INFINITY, 0},
     {"policy", "heartbeat_grace", KEY_DURATION, P(heartbeat_grace_ms), 1,
@@ -259,6 +269,7 @@ static void format_size(double bytes, char *buf, size_t len)
              best->name);
 }
 
+/* strtoll alone would also take leading blanks and a '+'. */
 static int parse_int64(const char *s, int64_t *out)
 {
     char *end;
@@ -428,6 +439,8 @@ static int valid_address(const char *s)
     return errno == 0 && *end == '\0' && port >= 1 && port <= 65535;
 }
 
+/* A zone name, never a path: the value ends up in TZ, and "../" or an
+ * absolute path would point it at any file on the host. */
 static int valid_timezone(const char *name)
 {
     char path[CONFIG_PATHLEN];
@@ -499,6 +512,8 @@ static int parse_share(const char *s, double *out)
     return CONFIG_OK;
 }
 
+/* Strings are checked before they are copied, and a value that does not
+ * fit is refused rather than cut: a cut path names another file. */
 static int set_string(struct config_parse *ctx, const struct key_def *def,
                       char *field, const char *value)
 {
@@ -541,6 +556,7 @@ static int set_secret(struct config_parse *ctx, const struct key_def *def,
     return CONFIG_OK;
 }
 
+/* Every KEY_INT bound fits an int, so the narrowing below is exact. */
 static int set_integer(struct config_parse *ctx, const struct key_def *def,
                        void *field, const char *value)
 {
@@ -597,6 +613,7 @@ static int set_real(struct config_parse *ctx, const struct key_def *def,
     return CONFIG_OK;
 }
 
+/* A range with its ends swapped is a typo, not an empty requirement. */
 static int set_role(struct config_parse *ctx, const struct key_def *def,
                     struct config_role *field, const char *value)
 {
@@ -659,6 +676,8 @@ static int known_section(const char *name)
     return 0;
 }
 
+/* inih's handler: nonzero means the line was fine. After the first error
+ * the rest of the file is skipped, so one typo gives one message. */
 static int on_key(void *user, const char *section, const char *name,
                   const char *value)
 {
@@ -757,6 +776,7 @@ static char *on_read_line(char *str, int num, void *stream)
  * Loading
  * --------------------------------------------------------------------- */
 
+/* Online rather than configured: an offline CPU runs no thread. */
 static int online_cores(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -764,6 +784,8 @@ static int online_cores(void)
     return n > 0 ? (int)n : 1;
 }
 
+/* The SPEC's defaults; config/proctord.conf repeats them and a test
+ * keeps the two equal. */
 void config_defaults(struct config *cfg)
 {
     struct config_policy *p = &cfg->policy;

@@ -3,10 +3,12 @@
 #define PROCTORD_HTTP_INTERNAL_H
 
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <jansson.h>
 
 #include "auth.h"
 #include "core.h"
+#include "store.h"
 
 #define HTTP_ALLOWED 0
 #define HTTP_DENIED -1
@@ -24,6 +26,59 @@ void http_reply_error(struct evhttp_request *req, int code, const char *why);
 int http_require(struct core *core, struct evhttp_request *req,
                  enum auth_scope want, enum auth_scope also,
                  struct auth_claims *claims);
+
+/* ---- Deferred replies (http_api.c) ---------------------------------- */
+
+/* Longest learner, course, organisation, flag or session id in a path. */
+#define HTTP_ID_MAX 128
+
+/* A request answered later, from a Redis or vision callback. Embed it
+ * first in a route's state. The client may hang up before the answer:
+ * req is NULL then and every reply below is a no-op. */
+struct http_call {
+    struct core *core;
+    struct evhttp_request *req;
+    struct auth_claims claims;
+    int pending;                /* Redis replies outstanding */
+    int failed;                 /* a command was not sent, or lost */
+};
+
+/* Ties c to req and watches for the client hanging up. */
+void http_call_start(struct http_call *c, struct core *core,
+                     struct evhttp_request *req,
+                     const struct auth_claims *claims);
+
+/* Sends body (taking its reference) and detaches c from the request;
+ * c itself stays the caller's to free. */
+void http_call_reply(struct http_call *c, int code, json_t *body);
+void http_call_error(struct http_call *c, int code, const char *why);
+
+/* Sends len bytes of type as they are (evidence JPEGs). */
+void http_call_reply_bytes(struct http_call *c, const char *type,
+                           const void *data, size_t len);
+
+/* Sends a command whose callback gets c's enclosing state as arg, and
+ * counts it in c->pending; a command not sent sets c->failed. Returns
+ * STORE_OK or STORE_ERR. */
+int http_call_command(struct http_call *c, store_reply_cb cb, void *arg,
+                      int argc, const char **argv, const size_t *lens);
+
+/* 1 when s (len bytes) is 1..HTTP_ID_MAX of [A-Za-z0-9._@-]. */
+int http_id_valid(const char *s, size_t len);
+
+/* The decoded value of query parameter name, or NULL. */
+const char *http_query_get(const struct evkeyvalq *q, const char *name);
+
+/* ---- Routes in http_flags.c ------------------------------------------ */
+
+void http_flags_list(struct core *core, struct evhttp_request *req,
+                     const struct auth_claims *claims, const char *unused);
+void http_flag_get(struct core *core, struct evhttp_request *req,
+                   const struct auth_claims *claims, const char *id);
+void http_flag_review(struct core *core, struct evhttp_request *req,
+                      const struct auth_claims *claims, const char *id);
+void http_evidence_get(struct core *core, struct evhttp_request *req,
+                       const struct auth_claims *claims, const char *id);
 
 /* Dispatches the /v1 routes. Returns HTTP_UNHANDLED when no route matched
  * (nothing was sent), HTTP_HANDLED when the request was taken. */

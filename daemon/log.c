@@ -24,6 +24,18 @@ int log_level_parse(const char *name)
     return -1;
 }
 
+const char *log_quote(const char *s, char *buf, size_t buflen)
+{
+    size_t i = 0;
+
+    if (buflen == 0)
+        return "";
+    for (; s != NULL && *s != '\0' && i + 1 < buflen; s++)
+        buf[i++] = (*s == '"' || (unsigned char)*s < 0x20) ? '\'' : *s;
+    buf[i] = '\0';
+    return buf;
+}
+
 void log_write(int level, const char *fmt, ...)
 {
     char line[2048];

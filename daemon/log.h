@@ -5,6 +5,8 @@
 #ifndef PROCTORD_LOG_H
 #define PROCTORD_LOG_H
 
+#include <stddef.h>
+
 #define LOG_DEBUG 0
 #define LOG_VERBOSE 1
 #define LOG_NOTICE 2
@@ -14,6 +16,10 @@ extern int log_verbosity;
 
 /* Parses "debug", "verbose", "notice" or "warning"; -1 when unknown. */
 int log_level_parse(const char *name);
+
+/* Copies s into buf with double quotes and control characters replaced,
+ * so it can stand inside a quoted key="value" field. Returns buf. */
+const char *log_quote(const char *s, char *buf, size_t buflen);
 
 void log_write(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "core.h"
 #include "http.h"
+#include "ledger.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
@@ -178,7 +179,7 @@ static void on_sighup(evutil_socket_t fd, short what, void *arg)
 {
     struct core *core = arg;
     struct config_policy fresh;
-    char err[CONFIG_ERRLEN], diff[1024];
+    char err[CONFIG_ERRLEN], diff[1024], quoted[1024];
     int changes;
 
     (void)fd;
@@ -190,7 +191,7 @@ static void on_sighup(evutil_socket_t fd, short what, void *arg)
     if (config_load_policy(&fresh, core->config_path, err, sizeof(err)) !=
         CONFIG_OK) {
         log_warning("msg=\"reload refused; keeping the old policy\" "
-                    "error=\"%s\"", err);
+                    "error=\"%s\"", log_quote(err, quoted, sizeof(quoted)));
         return;
     }
     changes = config_policy_diff(&core->cfg.policy, &fresh, diff,
@@ -198,7 +199,7 @@ static void on_sighup(evutil_socket_t fd, short what, void *arg)
     core->cfg.policy = fresh;
     apply_timezone(fresh.timezone);
     log_notice("msg=\"policy reloaded\" changes=%d detail=\"%s\"", changes,
-               changes > 0 ? diff : "none");
+               changes > 0 ? log_quote(diff, quoted, sizeof(quoted)) : "none");
 }
 
 /* ---------------------------------------------------------------------
@@ -220,6 +221,10 @@ static int start(struct core *core)
     core->store = store_new(core->base, &core->cfg, err, sizeof(err));
     if (core->store == NULL)
         goto fail;
+    if (ledger_init(core->store) != LEDGER_OK) {
+        snprintf(err, sizeof(err), "ledger: cannot register scripts");
+        goto fail;
+    }
     core->sessions = session_table_new(core);
     core->vision = vision_pool_new(core, err, sizeof(err));
     if (core->sessions == NULL || core->vision == NULL)
@@ -255,7 +260,6 @@ static int start(struct core *core)
     return 0;
 
 fail:
-    log_warning("msg=\"start-up failed\" error=\"%s\"", err);
     fprintf(stderr, "proctord: %s\n", err);
     return -1;
 }

@@ -654,9 +654,9 @@ int policy_day_format(int64_t day, char *buf, size_t buflen)
     int64_t year = yoe + era * 400 + (mon <= 2);
 
     if (buflen < 11 || year < 0 || year > 9999)
-        return -1;
+        return POLICY_ERR;
     snprintf(buf, buflen, "%04d-%02d-%02d", (int)year, (int)mon, (int)mday);
-    return 0;
+    return POLICY_OK;
 }
 
 int64_t policy_apply_cap(int64_t already_ms, int64_t add_ms, int64_t cap_ms,

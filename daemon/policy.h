@@ -11,6 +11,9 @@
 
 #include "config.h"
 
+#define POLICY_OK 0
+#define POLICY_ERR -1
+
 #define POLICY_MS_PER_DAY 86400000LL
 
 /* Provisional time is kept per local day; a stretch between two matches
@@ -95,7 +98,8 @@ struct policy_day_ms {
 
 struct policy_flag_open {
     enum policy_flag kind;
-    /* Provisional time discarded with the flag; credited if dismissed. */
+    /* Provisional time discarded with the flag; credited if dismissed.
+     * Always 0 for idle: idle time never accrued. */
     int64_t withheld_ms;
 };
 
@@ -273,7 +277,17 @@ void policy_on_challenge_missed(const struct config_policy *cfg,
 
 /* Time passing, called every second or so. Ends a stretch whose last
  * heartbeat is older than heartbeat_grace, times out a face-less stretch
- * (no_face flag) and may open an idle flag. Never accrues or commits. */
+ * (no_face flag) and may open an idle flag. Never accrues or commits.
+ *
+ * The idle flag (here and in policy_on_heartbeat()): every ms of the
+ * session's wall time is good (an interval that would accrue, paused or
+ * not) or bad (idle, hidden, unfocused, unverified, face-less, no
+ * heartbeats). Once the session is idle_window old, a bad share of the
+ * last idle_window at or above idle_share opens an idle flag, at most one
+ * per idle_window. The window ends at the latest heartbeat while a
+ * stretch is open (its tail is judged by the next one), at now_ms once
+ * it has ended. idle_window <= 0 turns the flag off; a changed
+ * idle_window starts the window over. */
 void policy_on_tick(const struct config_policy *cfg,
                     struct policy_session *s, int64_t now_ms,
                     struct policy_decision *d);
@@ -296,8 +310,9 @@ int64_t policy_day_index(int64_t t_ms, int32_t utc_offset_s);
 /* UTC ms of the local midnight that starts t_ms's day. */
 int64_t policy_day_start_ms(int64_t t_ms, int32_t utc_offset_s);
 
-/* Writes day (policy_day_index()) as "YYYY-MM-DD" into buf. Returns 0, or
- * -1 when buflen is under 11 or the year is outside 0..9999. */
+/* Writes day (policy_day_index()) as "YYYY-MM-DD" into buf. Returns
+ * POLICY_OK, or POLICY_ERR when buflen is under 11 or the year is outside
+ * 0..9999. */
 int policy_day_format(int64_t day, char *buf, size_t buflen);
 
 /* The part of add_ms credited on a day already holding already_ms under

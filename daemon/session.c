@@ -4,30 +4,34 @@
  * every message gets. Only this thread touches a session. */
 #include "session.h"
 
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "ledger.h"
 #include "log.h"
 #include "metrics.h"
+#include "session-internal.h"
 #include "store.h"
+#include "vision_pool.h"
 
 #define SESSION_BUCKETS 65536
+#define ORG_CACHE_MAX 5000
 
-struct session {
-    struct session *next_conn;
-    struct session *next_learner;
-    uint64_t conn;
-    uint64_t serial;
-    char id[33];
-    struct auth_claims claims;
-    uint64_t ack_seq;
-    uint64_t credited_s;
-    int64_t started_ms;
-    int64_t last_seen_ms;
-    int64_t resume_touched_ms;
-    unsigned welcomed : 1;
+/* An organisation's enrolled embeddings, for the shared_face check. */
+struct org_entry {
+    char learner[AUTH_IDLEN];
+    float *emb;                 /* owned */
+    int dim;
+};
+
+struct org_cache {
+    struct org_cache *next;
+    char org[AUTH_IDLEN];
+    struct org_entry *entries;  /* owned array */
+    int n;
+    int cap;
 };
 
 struct session_table {
@@ -36,6 +40,9 @@ struct session_table {
     struct session *by_learner[SESSION_BUCKETS];
     size_t count;
     uint64_t next_serial;
+    struct org_cache *orgs;
+    int32_t offset_s;           /* policy.timezone's offset, cached */
+    int64_t offset_until_ms;
 };
 
 /* Names a session across an asynchronous Redis call: the session may
@@ -45,18 +52,6 @@ struct session_ref {
     uint64_t conn;
     uint64_t serial;
 };
-
-static const char HELLO_SCRIPT[] =
-    "local sid = ARGV[1]\n"
-    "if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then\n"
-    "  sid = ARGV[2]\n"
-    "end\n"
-    "redis.call('SET', 'pd:{' .. ARGV[4] .. '}:resume:' .. sid, ARGV[5],\n"
-    "           'PX', ARGV[3])\n"
-    "local credited = redis.call('HGET', KEYS[2], 'credited_s')\n"
-    "return {sid, tonumber(credited or '0')}\n";
-
-static int hello_script = -1;
 
 /* ---------------------------------------------------------------------
  * The table
@@ -135,6 +130,24 @@ static void unlink_session(struct session_table *t, struct session *s)
     metrics_set(sessions_live, t->count);
 }
 
+static void free_session(struct session *s)
+{
+    free(s->emb);
+    free(s);
+}
+
+static void free_orgs(struct org_cache *o)
+{
+    while (o != NULL) {
+        struct org_cache *next = o->next;
+        for (int i = 0; i < o->n; i++)
+            free(o->entries[i].emb);
+        free(o->entries);
+        free(o);
+        o = next;
+    }
+}
+
 void session_table_free(struct session_table *t)
 {
     if (t == NULL)
@@ -143,11 +156,20 @@ void session_table_free(struct session_table *t)
         struct session *s = t->by_conn[i];
         while (s != NULL) {
             struct session *next = s->next_conn;
-            free(s);
+            free_session(s);
             s = next;
         }
     }
+    free_orgs(t->orgs);
     free(t);
+}
+
+struct session *session_find(struct core *core, uint64_t conn,
+                             uint64_t serial)
+{
+    struct session *s = find_conn(core->sessions, conn);
+
+    return s != NULL && s->serial == serial ? s : NULL;
 }
 
 size_t session_count(const struct session_table *t)
@@ -159,8 +181,8 @@ size_t session_count(const struct session_table *t)
  * Sending
  * ------------------------------------------------------------------ */
 
-static void send_message(struct core *core, struct session *s,
-                         Proctor__V1__ServerMessage *m)
+void session_send(struct core *core, struct session *s,
+                  Proctor__V1__ServerMessage *m)
 {
     size_t len;
     unsigned char *buf;
@@ -176,59 +198,258 @@ static void send_message(struct core *core, struct session *s,
     net_send(core->net, s->conn, buf, len, 0);
 }
 
-static void send_status(struct core *core, struct session *s)
+void session_send_status(struct core *core, struct session *s)
 {
     Proctor__V1__ServerMessage m = PROCTOR__V1__SERVER_MESSAGE__INIT;
     Proctor__V1__Status st = PROCTOR__V1__STATUS__INIT;
 
-    st.credited_s = s->credited_s;
-    st.provisional_s = 0;
-    st.state = PROCTOR__V1__STATE__UNVERIFIED;
-    if (!store_is_up(core->store)) {
-        st.state = PROCTOR__V1__STATE__SUSPENDED;
-        st.reason = "store_unavailable";
-    } else {
-        st.reason = "not_verified";
-    }
+    st.credited_s = (uint64_t)(s->credited_ms / 1000);
+    st.provisional_s = (uint64_t)(policy_provisional_ms(&s->pol) / 1000);
+    st.state = (Proctor__V1__State)policy_state(&s->pol);
+    st.reason = (char *)policy_reason_name(policy_reason(&s->pol));
+    if (s->emb == NULL && st.state == PROCTOR__V1__STATE__UNVERIFIED)
+        st.reason = "not_enrolled";
     m.body_case = PROCTOR__V1__SERVER_MESSAGE__BODY_STATUS;
     m.status = &st;
-    send_message(core, s, &m);
+    session_send(core, s, &m);
+}
+
+void session_send_verdict(struct core *core, struct session *s,
+                          uint64_t challenge_id, int outcome,
+                          float similarity, uint32_t faces)
+{
+    Proctor__V1__ServerMessage m = PROCTOR__V1__SERVER_MESSAGE__INIT;
+    Proctor__V1__Verdict v = PROCTOR__V1__VERDICT__INIT;
+
+    v.challenge_id = challenge_id;
+    v.outcome = (Proctor__V1__Outcome)outcome;
+    v.similarity = similarity;
+    v.faces = faces;
+    m.body_case = PROCTOR__V1__SERVER_MESSAGE__BODY_VERDICT;
+    m.verdict = &v;
+    session_send(core, s, &m);
 }
 
 static void send_welcome(struct core *core, struct session *s)
 {
     Proctor__V1__ServerMessage m = PROCTOR__V1__SERVER_MESSAGE__INIT;
     Proctor__V1__Welcome w = PROCTOR__V1__WELCOME__INIT;
+    int64_t now = core_now_ms();
 
     w.session_id = s->id;
     w.heartbeat_interval_ms =
         (uint32_t)core->cfg.policy.heartbeat_interval_ms;
-    w.credited_s = s->credited_s;
+    w.credited_s = (uint64_t)(s->credited_ms / 1000);
     m.body_case = PROCTOR__V1__SERVER_MESSAGE__BODY_WELCOME;
     m.welcome = &w;
-    send_message(core, s, &m);
+    session_send(core, s, &m);
     s->welcomed = 1;
     log_verbose("msg=\"session started\" session=%s learner=%s course=%s "
-                "conn=%llx", s->id, s->claims.sub, s->claims.course,
-                (unsigned long long)s->conn);
+                "conn=%llx enrolled=%d", s->id, s->claims.sub,
+                s->claims.course, (unsigned long long)s->conn,
+                s->emb != NULL);
+
+    /* The first check comes right away: nothing accrues before it. */
+    s->next_challenge_ms = now;
+    challenge_tick(core, s, now);
+}
+
+int32_t session_utc_offset(int64_t now_ms)
+{
+    time_t secs = (time_t)(now_ms / 1000);
+    struct tm tm;
+
+    localtime_r(&secs, &tm);
+    return (int32_t)tm.tm_gmtoff;
+}
+
+/* The offset changes at most at a DST switch, so it is looked up once a
+ * minute rather than for every heartbeat. */
+static int32_t cached_offset(struct session_table *t, int64_t now)
+{
+    if (now >= t->offset_until_ms) {
+        t->offset_s = session_utc_offset(now);
+        t->offset_until_ms = now - now % 60000 + 60000;
+    }
+    return t->offset_s;
+}
+
+/* ---------------------------------------------------------------------
+ * Organisations' embeddings (shared_face)
+ * ------------------------------------------------------------------ */
+
+static struct org_cache *find_org(struct session_table *t, const char *org,
+                                  int create)
+{
+    struct org_cache *o;
+
+    for (o = t->orgs; o != NULL; o = o->next) {
+        if (strcmp(o->org, org) == 0)
+            return o;
+    }
+    if (!create || (o = calloc(1, sizeof(*o))) == NULL)
+        return NULL;
+    snprintf(o->org, sizeof(o->org), "%s", org);
+    o->next = t->orgs;
+    t->orgs = o;
+    return o;
+}
+
+static void org_put(struct org_cache *o, const char *learner,
+                    const float *emb, int dim)
+{
+    struct org_entry *e = NULL;
+
+    for (int i = 0; i < o->n; i++) {
+        if (strcmp(o->entries[i].learner, learner) == 0)
+            e = &o->entries[i];
+    }
+    if (e == NULL) {
+        if (o->n == ORG_CACHE_MAX)
+            return;
+        if (o->n == o->cap) {
+            int cap = o->cap ? o->cap * 2 : 16;
+            struct org_entry *grown = realloc(o->entries,
+                                              sizeof(*grown) * (size_t)cap);
+            if (grown == NULL)
+                return;
+            o->entries = grown;
+            o->cap = cap;
+        }
+        e = &o->entries[o->n++];
+        memset(e, 0, sizeof(*e));
+        snprintf(e->learner, sizeof(e->learner), "%s", learner);
+    }
+    free(e->emb);
+    e->emb = malloc(sizeof(float) * (size_t)dim);
+    e->dim = e->emb != NULL ? dim : 0;
+    if (e->emb != NULL)
+        memcpy(e->emb, emb, sizeof(float) * (size_t)dim);
+}
+
+float session_best_other(struct core *core, const struct session *s,
+                         const float *emb, int dim)
+{
+    struct org_cache *o = find_org(core->sessions, s->claims.org, 0);
+    float best = -1;
+
+    for (int i = 0; o != NULL && i < o->n; i++) {
+        float sim;
+
+        if (o->entries[i].dim != dim ||
+            strcmp(o->entries[i].learner, s->claims.sub) == 0)
+            continue;
+        sim = vision_similarity(emb, o->entries[i].emb, dim);
+        if (sim > best)
+            best = sim;
+    }
+    return best;
+}
+
+/* Reads an embedding stored by the ledger, if it is of the engine's
+ * model. Returns the number of floats, 0 when unusable. */
+static int parse_embedding(struct core *core, const redisReply *model,
+                           const redisReply *emb, float *out)
+{
+    const struct vision_engine *e = vision_pool_engine(core->vision);
+    int dim = vision_embedding_dim(e);
+
+    if (model == NULL || emb == NULL || model->type != REDIS_REPLY_STRING ||
+        emb->type != REDIS_REPLY_STRING ||
+        strcmp(model->str, vision_model_id(e)) != 0 ||
+        emb->len != (size_t)dim * sizeof(float) || dim > VISION_MAX_DIM)
+        return 0;
+    memcpy(out, emb->str, emb->len);
+    return dim;
+}
+
+struct org_load {
+    struct core *core;
+    char org[AUTH_IDLEN];
+    char learner[AUTH_IDLEN];
+};
+
+static void on_org_member(struct store *st, redisReply *r, void *arg)
+{
+    struct org_load *l = arg;
+    float emb[VISION_MAX_DIM];
+    struct org_cache *o;
+    int dim;
+
+    (void)st;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        dim = parse_embedding(l->core, r->element[0], r->element[1], emb);
+        o = find_org(l->core->sessions, l->org, 1);
+        if (dim > 0 && o != NULL)
+            org_put(o, l->learner, emb, dim);
+    }
+    free(l);
+}
+
+static void on_org_members(struct store *st, redisReply *r, void *arg)
+{
+    struct org_load *l = arg;
+
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements && i < ORG_CACHE_MAX; i++) {
+            struct org_load *m;
+
+            if (r->element[i]->type != REDIS_REPLY_STRING ||
+                (m = malloc(sizeof(*m))) == NULL)
+                continue;
+            *m = *l;
+            snprintf(m->learner, sizeof(m->learner), "%s",
+                     r->element[i]->str);
+            if (store_command(st, on_org_member, m,
+                              "HMGET pd:{%s}:enrol model emb",
+                              m->learner) != STORE_OK)
+                free(m);
+        }
+    }
+    free(l);
+}
+
+static void load_org(struct core *core, const char *org)
+{
+    struct org_load *l;
+
+    if (org[0] == '\0' || find_org(core->sessions, org, 0) != NULL)
+        return;
+    if (find_org(core->sessions, org, 1) == NULL ||
+        (l = calloc(1, sizeof(*l))) == NULL)
+        return;
+    l->core = core;
+    snprintf(l->org, sizeof(l->org), "%s", org);
+    if (store_command(core->store, on_org_members, l,
+                      "SMEMBERS pd:org:{%s}:learners", org) != STORE_OK)
+        free(l);
+}
+
+void session_enrolled(struct core *core, const char *learner,
+                      const char *org, const char *model, const float *emb,
+                      int dim)
+{
+    struct session *s = find_learner(core->sessions, learner);
+    struct org_cache *o;
+
+    (void)model;
+    if (s != NULL) {
+        float *copy = malloc(sizeof(float) * (size_t)dim);
+        if (copy != NULL) {
+            memcpy(copy, emb, sizeof(float) * (size_t)dim);
+            free(s->emb);
+            s->emb = copy;
+            s->dim = dim;
+        }
+    }
+    if (org != NULL && org[0] != '\0' &&
+        (o = find_org(core->sessions, org, 0)) != NULL)
+        org_put(o, learner, emb, dim);
 }
 
 /* ---------------------------------------------------------------------
  * Hello, resume and take-over
  * ------------------------------------------------------------------ */
-
-static void new_session_id(char out[33])
-{
-    unsigned char raw[16];
-
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        /* OpenSSL's generator failing is a broken invariant. */
-        log_warning("msg=\"RAND_bytes failed\"");
-        abort();
-    }
-    for (int i = 0; i < 16; i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
-}
 
 static int session_id_valid(const char *sid)
 {
@@ -244,42 +465,88 @@ static int session_id_valid(const char *sid)
     return 1;
 }
 
+static void apply_hello_reply(struct core *core, struct session *s,
+                              redisReply *r)
+{
+    float emb[VISION_MAX_DIM];
+    int dim;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 6 ||
+        r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[0]->len != 32)
+        return;
+    memcpy(s->id, r->element[0]->str, 32);
+    s->id[32] = '\0';
+    if (r->element[1]->type == REDIS_REPLY_INTEGER)
+        s->credited_ms = r->element[1]->integer;
+    if (r->element[2]->type == REDIS_REPLY_INTEGER)
+        s->today_ms = r->element[2]->integer;
+    dim = parse_embedding(core, r->element[3], r->element[4], emb);
+    if (dim > 0 && (s->emb = malloc(sizeof(float) * (size_t)dim)) != NULL) {
+        memcpy(s->emb, emb, sizeof(float) * (size_t)dim);
+        s->dim = dim;
+    }
+    store_command(core->store, NULL, NULL, "SET pd:sid:%s %s", s->id,
+                  s->claims.sub);
+    if (s->claims.org[0] != '\0' && s->emb != NULL)
+        store_command(core->store, NULL, NULL,
+                      "SADD pd:org:{%s}:learners %s", s->claims.org,
+                      s->claims.sub);
+}
+
 static void on_hello_reply(struct store *st, redisReply *r, void *arg)
 {
     struct session_ref *ref = arg;
     struct core *core = ref->core;
-    struct session *s = find_conn(core->sessions, ref->conn);
+    struct session *s = session_find(core, ref->conn, ref->serial);
+    struct policy_decision d;
 
     (void)st;
-    if (s != NULL && s->serial == ref->serial && !s->welcomed) {
-        if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-            r->element[0]->type == REDIS_REPLY_STRING &&
-            r->element[0]->len == 32) {
-            memcpy(s->id, r->element[0]->str, 32);
-            s->id[32] = '\0';
-            if (r->element[1]->type == REDIS_REPLY_INTEGER)
-                s->credited_s = (uint64_t)r->element[1]->integer;
-        }
+    if (s != NULL && !s->welcomed) {
+        apply_hello_reply(core, s, r);
+        if (s->today_ms >= core->cfg.policy.daily_cap_ms)
+            policy_set_suspended(&s->pol, POLICY_REASON_DAILY_CAP,
+                                 core_now_ms(), &d);
         send_welcome(core, s);
     }
     free(ref);
 }
 
-static void take_over(struct core *core, struct session *old)
+static void take_over(struct core *core, struct session *old,
+                      struct session *s, int64_t now, int same_session)
 {
+    struct policy_decision d;
+    char check[40];
+
     log_notice("msg=\"session taken over by a newer login\" session=%s "
-               "learner=%s", old->id, old->claims.sub);
+               "learner=%s resumed=%d", old->id, old->claims.sub,
+               same_session);
     net_send(core->net, old->conn, NULL, 0, 4409);
+
+    /* The same browser coming back (it resumes the very session) keeps
+     * its provisional time; a second login elsewhere while the first was
+     * active within the minute is a concurrent session. */
+    if (same_session) {
+        s->pol = old->pol;
+        policy_on_resume(&core->cfg.policy, &s->pol, now, &d);
+    } else if (now - old->last_active_ms <= 60000 &&
+               old->last_active_ms != 0) {
+        snprintf(check, sizeof(check), "t%lld", (long long)now);
+        credit_flag(core, old, POLICY_FLAG_CONCURRENT_SESSION,
+                    policy_provisional_ms(&old->pol), check, now);
+    }
     unlink_session(core->sessions, old);
-    free(old);
+    free_session(old);
 }
 
 static void start_hello(struct core *core, struct session *s,
                         const char *resume)
 {
-    char resume_key[320], course_key[320], ttl[32];
+    char resume_key[320], course_key[320], days_key[200], enrol_key[200];
+    char ttl[32], now_s[32], day_s[16], rsuf[64];
     struct session_ref *ref;
-    const char *argv[7];
+    const char *argv[13];
+    int64_t now = core_now_ms();
 
     ref = malloc(sizeof(*ref));
     if (ref != NULL) {
@@ -287,27 +554,36 @@ static void start_hello(struct core *core, struct session *s,
         ref->conn = s->conn;
         ref->serial = s->serial;
     }
-    if (!session_id_valid(resume))
-        resume = "";
-    snprintf(resume_key, sizeof(resume_key), "pd:{%s}:resume:%s",
-             s->claims.sub, resume);
+    snprintf(rsuf, sizeof(rsuf), "resume:%s", resume);
+    ledger_key(resume_key, sizeof(resume_key), s->claims.sub, rsuf);
     snprintf(course_key, sizeof(course_key), "pd:{%s}:course:%s",
              s->claims.sub, s->claims.course);
+    ledger_key(days_key, sizeof(days_key), s->claims.sub, "days");
+    ledger_key(enrol_key, sizeof(enrol_key), s->claims.sub, "enrol");
     snprintf(ttl, sizeof(ttl), "%lld",
              (long long)core->cfg.policy.resume_window_ms);
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)now);
+    policy_day_format(policy_day_index(now, session_utc_offset(now)), day_s,
+                      sizeof(day_s));
+    s->today = policy_day_index(now, session_utc_offset(now));
     argv[0] = resume_key;
     argv[1] = course_key;
-    argv[2] = s->id;
-    argv[3] = resume;
-    argv[4] = ttl;
-    argv[5] = s->claims.sub;
-    argv[6] = s->claims.course;
+    argv[2] = days_key;
+    argv[3] = enrol_key;
+    argv[4] = s->id;
+    argv[5] = resume;
+    argv[6] = ttl;
+    argv[7] = s->claims.sub;
+    argv[8] = s->claims.course;
+    argv[9] = day_s;
+    argv[10] = s->claims.org;
+    argv[11] = now_s;
+    argv[12] = auth_role_name(s->claims.role);
 
     /* With Redis down the learner still gets a session; crediting is
      * suspended until the store is back, and Status says so. */
-    if (ref == NULL || store_script(core->store, hello_script,
-                                    on_hello_reply, ref, 2, 7, argv,
-                                    NULL) != STORE_OK) {
+    if (ref == NULL || ledger_run(core->store, LEDGER_HELLO, on_hello_reply,
+                                  ref, 4, 13, argv, NULL) != LEDGER_OK) {
         free(ref);
         send_welcome(core, s);
     }
@@ -316,12 +592,12 @@ static void start_hello(struct core *core, struct session *s,
 static void on_hello(struct core *core, struct net_event *ev)
 {
     struct session_table *t = core->sessions;
+    const char *resume = ev->msg->hello->resume_session_id;
     struct session *s, *old;
+    struct policy_decision d;
 
-    old = find_learner(t, ev->claims->sub);
-    if (old != NULL)
-        take_over(core, old);
-
+    if (!session_id_valid(resume))
+        resume = "";
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
         net_send(core->net, ev->conn, NULL, 0, 1011);
@@ -334,12 +610,20 @@ static void on_hello(struct core *core, struct net_event *ev)
     s->started_ms = ev->received_ms;
     s->last_seen_ms = ev->received_ms;
     s->resume_touched_ms = ev->received_ms;
-    new_session_id(s->id);
-    insert(t, s);
+    s->exam = strcmp(s->claims.mode, "exam") == 0;
+    ledger_random_id(s->id);
+    policy_session_init(&s->pol, ev->received_ms, s->exam);
+    if (!store_is_up(core->store))
+        policy_set_suspended(&s->pol, POLICY_REASON_PAUSED, ev->received_ms,
+                             &d);
 
-    if (hello_script < 0)
-        hello_script = store_script_add(core->store, HELLO_SCRIPT);
-    start_hello(core, s, ev->msg->hello->resume_session_id);
+    old = find_learner(t, s->claims.sub);
+    if (old != NULL)
+        take_over(core, old, s, ev->received_ms,
+                  strcmp(old->id, resume) == 0);
+    insert(t, s);
+    load_org(core, s->claims.org);
+    start_hello(core, s, resume);
 }
 
 /* ---------------------------------------------------------------------
@@ -359,6 +643,29 @@ static void touch_resume(struct core *core, struct session *s)
                   s->claims.sub, s->id, s->claims.course, (long long)window);
 }
 
+static void on_heartbeat(struct core *core, struct session *s,
+                         Proctor__V1__Heartbeat *hb, int64_t now)
+{
+    struct policy_heartbeat ph;
+    struct policy_decision d;
+    char check[40];
+
+    ph.client_time_ms = hb->client_time_ms;
+    ph.page_visible = hb->page_visible;
+    ph.window_focused = hb->window_focused;
+    ph.input_events = hb->input_events;
+    ph.media_playing = hb->media_playing;
+    ph.playback_rate = hb->playback_rate;
+    ph.media_position_s = hb->media_position_s;
+    policy_on_heartbeat(&core->cfg.policy, &s->pol, &ph, now,
+                        cached_offset(core->sessions, now), &d);
+    if (d.accrued_ms > 0)
+        s->last_active_ms = now;
+    touch_resume(core, s);
+    snprintf(check, sizeof(check), "h%lld", (long long)now);
+    credit_apply(core, s, &d, check, NULL, 0, NULL);
+}
+
 static void on_message(struct core *core, struct session *s,
                        Proctor__V1__ClientMessage *m, int64_t now)
 {
@@ -367,11 +674,10 @@ static void on_message(struct core *core, struct session *s,
 
     switch (m->body_case) {
     case PROCTOR__V1__CLIENT_MESSAGE__BODY_HEARTBEAT:
-        touch_resume(core, s);
-        send_status(core, s);
+        on_heartbeat(core, s, m->heartbeat, now);
         break;
     case PROCTOR__V1__CLIENT_MESSAGE__BODY_SNAPSHOT:
-        send_status(core, s);
+        challenge_on_snapshot(core, s, m->snapshot, now);
         break;
     case PROCTOR__V1__CLIENT_MESSAGE__BODY_BYE:
         net_send(core->net, s->conn, NULL, 0, 1000);
@@ -388,10 +694,14 @@ static void on_closed(struct core *core, struct session *s)
     /* The resume window counts from the moment the learner left. */
     store_command(core->store, NULL, NULL, "SET pd:{%s}:resume:%s %s PX %lld",
                   s->claims.sub, s->id, s->claims.course, (long long)window);
+    if (policy_provisional_ms(&s->pol) > 0)
+        log_verbose("msg=\"session closed with unverified time\" session=%s "
+                    "learner=%s provisional_ms=%lld", s->id, s->claims.sub,
+                    (long long)policy_provisional_ms(&s->pol));
     log_verbose("msg=\"session closed\" session=%s learner=%s", s->id,
                 s->claims.sub);
     unlink_session(core->sessions, s);
-    free(s);
+    free_session(s);
 }
 
 void session_handle(struct core *core, struct net_event *ev)
@@ -420,7 +730,62 @@ void session_handle(struct core *core, struct net_event *ev)
     free(ev->claims);
 }
 
+/* ---------------------------------------------------------------------
+ * Time
+ * ------------------------------------------------------------------ */
+
+/* Crediting pauses while Redis is down (nothing could be committed) and
+ * at the daily cap until local midnight. */
+static void update_suspension(struct core *core, struct session *s,
+                              int64_t now, int32_t offset)
+{
+    enum policy_reason want = POLICY_REASON_NONE;
+    enum policy_reason have = policy_reason(&s->pol);
+    int64_t today = policy_day_index(now, offset);
+    struct policy_decision d;
+
+    if (today != s->today) {
+        s->today = today;
+        s->today_ms = 0;
+    }
+    if (!store_is_up(core->store))
+        want = POLICY_REASON_PAUSED;
+    else if (s->today_ms >= core->cfg.policy.daily_cap_ms)
+        want = POLICY_REASON_DAILY_CAP;
+    if (want == POLICY_REASON_NONE &&
+        (have == POLICY_REASON_PAUSED || have == POLICY_REASON_DAILY_CAP)) {
+        policy_set_suspended(&s->pol, POLICY_REASON_NONE, now, &d);
+        session_send_status(core, s);
+    } else if (want != POLICY_REASON_NONE && want != have) {
+        policy_set_suspended(&s->pol, want, now, &d);
+        session_send_status(core, s);
+    }
+}
+
 void session_tick(struct core *core)
 {
-    (void)core;
+    struct session_table *t = core->sessions;
+    int64_t now = core_now_ms();
+    int32_t offset = cached_offset(t, now);
+    struct policy_decision d;
+    char check[40];
+
+    snprintf(check, sizeof(check), "t%lld", (long long)now);
+    for (size_t i = 0; i < SESSION_BUCKETS; i++) {
+        struct session *s = t->by_conn[i];
+
+        while (s != NULL) {
+            struct session *next = s->next_conn;
+
+            if (s->welcomed) {
+                update_suspension(core, s, now, offset);
+                policy_on_tick(&core->cfg.policy, &s->pol, now, &d);
+                if (d.nflags > 0 || d.state_changed)
+                    credit_apply(core, s, &d, check, NULL, 0, NULL);
+                challenge_tick(core, s, now);
+                credit_retry(core, s);
+            }
+            s = next;
+        }
+    }
 }

@@ -26,4 +26,11 @@ void session_tick(struct core *core);
 
 size_t session_count(const struct session_table *t);
 
+/* A learner was (re-)enrolled: live sessions of the learner and the
+ * organisation's cache of embeddings take the new one. emb holds dim
+ * floats; model is the engine's model id. */
+void session_enrolled(struct core *core, const char *learner,
+                      const char *org, const char *model, const float *emb,
+                      int dim);
+
 #endif

@@ -181,8 +181,9 @@ static int start_embedded(struct store *st, const struct config *cfg,
                  "socket: \"%s\"", resolved);
         return STORE_ERR;
     }
-    snprintf(st->socket_path, sizeof(st->socket_path), "%s/redis.sock",
-             resolved);
+    memcpy(st->socket_path, resolved, strlen(resolved));
+    memcpy(st->socket_path + strlen(resolved), "/redis.sock",
+           sizeof("/redis.sock"));
     snprintf(st->address, sizeof(st->address), "unix:%s", st->socket_path);
 
     if (ping_sync(st->socket_path)) {

@@ -81,10 +81,11 @@ static const float cascade_template[10] = {
     0.613f, 0.343f, 0.784f, 0.657f, 0.784f,
 };
 
-/* YuNet keeps detections above this score. 0.6 misses none of the
- * calibration photos; the small false detections it lets through (a hand,
- * a microphone) fall under second_face_ratio. */
-#define YUNET_SCORE 0.6f
+/* YuNet keeps detections above this score. Every face of the calibration
+ * photos scores at least 0.745 (the lowest are ORL's grey crops); the
+ * false detections in the video (a hand, a microphone) score at most
+ * 0.68. */
+#define YUNET_SCORE 0.7f
 #define YUNET_NMS 0.3f
 #define YUNET_TOP_K 50
 
@@ -95,8 +96,10 @@ static const float cascade_template[10] = {
 #define SIDE_MAX 16384
 
 #define CROP 112
+#ifndef SIG_FRAME_W /*DEVHACK*/
 #define SIG_FRAME_W 32
 #define SIG_FRAME_H 24
+#endif
 #define SIG_FACE 16
 #define SIG_FACE_OFF (SIG_FRAME_W * SIG_FRAME_H)
 /* A normalised pixel v becomes 128 + SIG_GAIN * v, clamped to 1..255, so
@@ -118,7 +121,7 @@ struct recognizer_info {
  * its file was not available; plain embedding, as it was published. */
 static const struct recognizer_info recognizers[] = {
     {MODEL_SFACE, "sface", 128, 0, 0.363f, 0.363f},
-    {MODEL_FR512, "fr512", 512, 1, 0.33f, 0.33f},
+    {MODEL_FR512, "fr512", 512, 0, 0.38f, 0.38f},
 };
 
 struct vision_engine {
@@ -307,7 +310,7 @@ static int engine_recognizer(struct vision_engine *e, const std::string &dir,
     e->flip = embed_mode == VISION_EMBED_DEFAULT ? e->rec->flip != 0
                                                  : embed_mode == VISION_EMBED_FLIP;
     e->threshold = e->flip ? e->rec->threshold_flip : e->rec->threshold_plain;
-    snprintf(id, sizeof(id), "%s%s-%.8s", e->rec->prefix, e->flip ? "f" : "p",
+    snprintf(id, sizeof(id), "%s%s-%.8s", e->rec->prefix, e->flip ? "f" : "",
              m->sha256);
     e->model_id = id;
     return VISION_OK;
@@ -920,6 +923,9 @@ float vision_signature_distance(const uint8_t *a, const uint8_t *b)
     double d = sig_rms(a, b, SIG_FACE_OFF);
     bool face_a = a[SIG_FACE_OFF] != 0, face_b = b[SIG_FACE_OFF] != 0;
 
+    static int mode = getenv("VSIG_MODE") ? atoi(getenv("VSIG_MODE")) : 0; /*DEVHACK*/
+    if (mode == 1) return (float)d; /*DEVHACK*/
+    if (mode == 2) return face_a && face_b ? (float)sig_rms(a + SIG_FACE_OFF, b + SIG_FACE_OFF, SIG_FACE * SIG_FACE) : 9.0f; /*DEVHACK*/
     if (face_a && face_b)
         d = std::max(d, sig_rms(a + SIG_FACE_OFF, b + SIG_FACE_OFF,
                                 SIG_FACE * SIG_FACE));

@@ -51,6 +51,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Polls predicate until it returns a true value; returns it."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError("%s not met within %ss" % (what, timeout))
+        time.sleep(interval)
+
+
+def run_binary(*args, timeout=10):
+    """Runs proctord to completion (a hang fails); a CompletedProcess."""
+    return subprocess.run([BIN] + list(args), capture_output=True,
+                          timeout=timeout)
+
+
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -152,7 +170,10 @@ class Daemon:
         }
         for key, value in (overrides or {}).items():
             section, name = key.split(".", 1)
-            sections.setdefault(section, {})[name] = value
+            if value is None:
+                sections.get(section, {}).pop(name, None)
+            else:
+                sections.setdefault(section, {})[name] = value
         self.sections = sections
         self.write_config()
         self.proc = None
@@ -191,6 +212,21 @@ class Daemon:
     def read_log(self):
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
+
+    def wait_log(self, *needles, timeout=10):
+        """Waits until one log line holds every needle; returns it."""
+        deadline = time.time() + timeout
+        while True:
+            for line in self.read_log().splitlines():
+                if all(n in line for n in needles):
+                    return line
+            if time.time() > deadline:
+                raise AssertionError("no log line with %r within %ss:\n%s" %
+                                     (needles, timeout, self.read_log()))
+            time.sleep(0.05)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
 
     def send_signal(self, sig):
         self.proc.send_signal(sig)
@@ -241,12 +277,22 @@ class Daemon:
         return status, json.loads(data.decode()) if data else None
 
     def metric(self, name):
+        """The sum of a metric's samples; name may carry labels, as in
+        'proctord_closes_total{code="4401"}'."""
         _, _, data = self.http("GET", "/metrics")
         total = 0.0
         for line in data.decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if line.startswith(name + " ") or (
+                    "{" not in name and line.startswith(name + "{")):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def health(self, timeout=5):
+        """The /healthz status code, or None when nothing answers."""
+        try:
+            return self.http("GET", "/healthz", timeout=timeout)[0]
+        except OSError:
+            return None
 
 
 @pytest.fixture
@@ -311,6 +357,17 @@ class Learner:
         await self.ws.send(msg.SerializeToString())
         return self.seq
 
+    async def send_seq(self, seq, **body):
+        """Sends with an explicit seq, which may repeat an earlier one."""
+        self.seq = max(self.seq, seq)
+        await self.ws.send(pb.ClientMessage(seq=seq, **body)
+                           .SerializeToString())
+        return seq
+
+    async def send_raw(self, data):
+        """Sends data as it is: bytes as a binary frame, str as text."""
+        await self.ws.send(data)
+
     async def hello(self, token=None, resume=""):
         await self.send(hello=pb.Hello(token=token or learner_token(),
                                        client="pytest",
@@ -353,6 +410,50 @@ class Learner:
             if which not in skip:
                 raise AssertionError("expected %s, got %s" % (kind, msg))
 
+    async def status(self, timeout=10):
+        """The next Status (challenges passed over); checks nothing."""
+        return await self.expect("status", timeout, skip=("challenge",))
+
+    async def silent(self, timeout=1.0):
+        """True when nothing arrives within timeout (and the connection
+        stays open)."""
+        try:
+            msg = await self.recv(timeout)
+        except asyncio.TimeoutError:
+            return True
+        if msg.WhichOneof("body") == "challenge":
+            return await self.silent(timeout)
+        return False
+
+    async def close_info(self, timeout=15):
+        """Reads until the server closes. Returns (close code, the Error
+        messages received on the way); the code is None when the
+        connection ended without a close frame."""
+        errors = []
+        try:
+            while True:
+                data = await asyncio.wait_for(self.ws.recv(), timeout)
+                msg = pb.ServerMessage()
+                msg.ParseFromString(data)
+                if msg.WhichOneof("body") == "error":
+                    errors.append(msg.error)
+        except websockets.ConnectionClosed as e:
+            return (e.rcvd.code if e.rcvd is not None else None), errors
+
+    async def expect_close(self, code, timeout=15, error=True):
+        """Asserts the server closes with code, after an Error carrying
+        the same code (required when error is true, checked when one is
+        sent anyway)."""
+        got, errors = await self.close_info(timeout)
+        assert got == code, "close code %r, wanted %r (errors %r)" % (
+            got, code, [(e.code, e.message) for e in errors])
+        if error:
+            assert errors, "no Error before close %d" % code
+        for e in errors:
+            assert e.code == code, "Error code %d before close %d (%s)" % (
+                e.code, code, e.message)
+        return errors
+
     async def closed_code(self, timeout=15):
         """Reads until the server closes; returns its close code."""
         try:
@@ -362,7 +463,7 @@ class Learner:
             return e.rcvd.code if e.rcvd is not None else None
 
     async def close(self):
-        await self.ws.close()
+        await asyncio.wait_for(self.ws.close(), 10)
 
 
 def face(name):

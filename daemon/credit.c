@@ -1,0 +1,317 @@
+/* Carrying out what the policy decided: commits through the ledger's
+ * COMMIT script (capped per day, idempotent by check), flags with their
+ * evidence, and the Verdict and Status that must wait until Redis holds
+ * what they report. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ledger.h"
+#include "log.h"
+#include "metrics.h"
+#include "net.h"
+#include "session-internal.h"
+#include "store.h"
+
+/* Travels with one asynchronous write; the session may be gone when the
+ * reply comes, so it is found again by connection and serial. */
+struct credit_ctx {
+    struct core *core;
+    uint64_t conn;
+    uint64_t serial;
+    char check[40];
+    int64_t day;
+    int64_t ms;
+    struct credit_reply reply;
+};
+
+static struct credit_ctx *ctx_new(struct core *core, struct session *s)
+{
+    struct credit_ctx *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    c->core = core;
+    c->conn = s->conn;
+    c->serial = s->serial;
+    return c;
+}
+
+static void keep_for_retry(struct session *s, const char *check,
+                           int64_t day, int64_t ms)
+{
+    struct session_retry *r;
+
+    if (s->nretry == SESSION_RETRY_MAX) {
+        log_warning("msg=\"commit lost: retry list full\" session=%s "
+                    "learner=%s check=%s ms=%lld", s->id, s->claims.sub,
+                    check, (long long)ms);
+        return;
+    }
+    r = &s->retry[s->nretry++];
+    snprintf(r->check, sizeof(r->check), "%s", check);
+    r->day = day;
+    r->ms = ms;
+}
+
+static void on_commit(struct store *st, redisReply *r, void *arg)
+{
+    struct credit_ctx *c = arg;
+    struct session *s = session_find(c->core, c->conn, c->serial);
+    struct policy_decision d;
+
+    (void)st;
+    if (s == NULL) {
+        if (r == NULL)
+            log_warning("msg=\"commit reply lost, session gone\" check=%s "
+                        "ms=%lld", c->check, (long long)c->ms);
+        free(c);
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+        keep_for_retry(s, c->check, c->day, c->ms);
+        free(c);
+        return;
+    }
+    metrics_add(credited_ms, (uint64_t)r->element[0]->integer);
+    s->credited_ms = r->element[1]->integer;
+    if (c->day == s->today)
+        s->today_ms = r->element[2]->integer;
+    if (s->today_ms >= c->core->cfg.policy.daily_cap_ms &&
+        policy_reason(&s->pol) != POLICY_REASON_DAILY_CAP)
+        policy_set_suspended(&s->pol, POLICY_REASON_DAILY_CAP,
+                             core_now_ms(), &d);
+    free(c);
+}
+
+static int send_commit(struct core *core, struct session *s,
+                       const char *check, int64_t day, int64_t ms)
+{
+    char skey[320], ckey[320], dkey[200], stream[200];
+    char day_s[16], ms_s[24], cap_s[24], now_s[24];
+    struct credit_ctx *c = ctx_new(core, s);
+    const char *argv[11];
+    char sess[64];
+
+    if (c == NULL)
+        return -1;
+    snprintf(sess, sizeof(sess), "session:%s", s->id);
+    snprintf(ckey, sizeof(ckey), "pd:{%s}:course:%s", s->claims.sub,
+             s->claims.course);
+    ledger_key(skey, sizeof(skey), s->claims.sub, sess);
+    ledger_key(dkey, sizeof(dkey), s->claims.sub, "days");
+    ledger_key(stream, sizeof(stream), s->claims.sub, "stream");
+    policy_day_format(day, day_s, sizeof(day_s));
+    snprintf(ms_s, sizeof(ms_s), "%lld", (long long)ms);
+    snprintf(cap_s, sizeof(cap_s), "%lld",
+             (long long)core->cfg.policy.daily_cap_ms);
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)core_now_ms());
+    snprintf(c->check, sizeof(c->check), "%s", check);
+    c->day = day;
+    c->ms = ms;
+
+    argv[0] = skey;
+    argv[1] = ckey;
+    argv[2] = dkey;
+    argv[3] = stream;
+    argv[4] = check;
+    argv[5] = day_s;
+    argv[6] = ms_s;
+    argv[7] = cap_s;
+    argv[8] = s->claims.course;
+    argv[9] = s->id;
+    argv[10] = now_s;
+    if (ledger_run(core->store, LEDGER_COMMIT, on_commit, c, 4, 11, argv,
+                   NULL) != LEDGER_OK) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+static void store_evidence(struct core *core, struct session *s,
+                           const char *eid, const unsigned char *jpeg,
+                           size_t len)
+{
+    char key[320], idx[64], ttl[24];
+    const char *argv[5];
+    size_t lens[5];
+
+    snprintf(idx, sizeof(idx), "evidence:%s", eid);
+    ledger_key(key, sizeof(key), s->claims.sub, idx);
+    snprintf(ttl, sizeof(ttl), "%lld",
+             (long long)core->cfg.policy.evidence_ttl_ms);
+    argv[0] = "SET";
+    argv[1] = key;
+    argv[2] = (const char *)jpeg;
+    argv[3] = "PX";
+    argv[4] = ttl;
+    for (int i = 0; i < 5; i++)
+        lens[i] = strlen(argv[i]);
+    lens[2] = len;
+    store_command_argv(core->store, NULL, NULL, 5, argv, lens);
+    store_command(core->store, NULL, NULL, "SET pd:evidx:%s %s PX %s", eid,
+                  s->claims.sub, ttl);
+}
+
+static void send_flag(struct core *core, struct session *s,
+                      enum policy_flag kind, int64_t withheld_ms,
+                      int64_t day, const char *check, const char *evidence,
+                      int64_t now)
+{
+    char skey[320], fkey[320], zkey[200], stream[200], sess[64], fsuf[64];
+    char fid[33], fcheck[64], opened[24], withheld[24], day_s[16];
+    const char *argv[15];
+
+    ledger_random_id(fid);
+    snprintf(sess, sizeof(sess), "session:%s", s->id);
+    snprintf(fsuf, sizeof(fsuf), "flag:%s", fid);
+    ledger_key(skey, sizeof(skey), s->claims.sub, sess);
+    ledger_key(fkey, sizeof(fkey), s->claims.sub, fsuf);
+    ledger_key(zkey, sizeof(zkey), s->claims.sub, "flags");
+    ledger_key(stream, sizeof(stream), s->claims.sub, "stream");
+    snprintf(fcheck, sizeof(fcheck), "%s:%s", check, policy_flag_name(kind));
+    snprintf(opened, sizeof(opened), "%lld", (long long)now);
+    snprintf(withheld, sizeof(withheld), "%lld", (long long)withheld_ms);
+    policy_day_format(day, day_s, sizeof(day_s));
+
+    argv[0] = skey;
+    argv[1] = fkey;
+    argv[2] = zkey;
+    argv[3] = stream;
+    argv[4] = fcheck;
+    argv[5] = fid;
+    argv[6] = policy_flag_name(kind);
+    argv[7] = s->claims.sub;
+    argv[8] = s->claims.org;
+    argv[9] = s->claims.course;
+    argv[10] = s->id;
+    argv[11] = opened;
+    argv[12] = evidence;
+    argv[13] = withheld;
+    argv[14] = day_s;
+    if (ledger_run(core->store, LEDGER_FLAG, NULL, NULL, 4, 15, argv,
+                   NULL) != LEDGER_OK) {
+        log_warning("msg=\"flag not written: Redis down\" session=%s "
+                    "learner=%s kind=%s", s->id, s->claims.sub,
+                    policy_flag_name(kind));
+        return;
+    }
+    store_command(core->store, NULL, NULL, "HSET pd:flagindex %s %s", fid,
+                  s->claims.sub);
+    store_command(core->store, NULL, NULL, "ZADD pd:flags:all %s %s", opened,
+                  fid);
+    store_command(core->store, NULL, NULL, "ZADD pd:flags:open %s %s",
+                  opened, fid);
+    metrics_add(flags_opened, 1);
+    log_notice("msg=\"flag opened\" flag=%s kind=%s learner=%s session=%s "
+               "withheld_ms=%lld", fid, policy_flag_name(kind),
+               s->claims.sub, s->id, (long long)withheld_ms);
+}
+
+static void on_written(struct store *st, redisReply *r, void *arg)
+{
+    struct credit_ctx *c = arg;
+    struct session *s = session_find(c->core, c->conn, c->serial);
+
+    (void)st;
+    (void)r;
+    if (s != NULL) {
+        if (c->reply.has_verdict)
+            session_send_verdict(c->core, s, c->reply.challenge_id,
+                                 c->reply.outcome, c->reply.similarity,
+                                 c->reply.faces);
+        session_send_status(c->core, s);
+    }
+    free(c);
+}
+
+static void reply_now(struct core *core, struct session *s,
+                      const struct credit_reply *reply)
+{
+    if (reply != NULL && reply->has_verdict)
+        session_send_verdict(core, s, reply->challenge_id, reply->outcome,
+                             reply->similarity, reply->faces);
+    session_send_status(core, s);
+}
+
+void credit_apply(struct core *core, struct session *s,
+                  const struct policy_decision *d, const char *check,
+                  const unsigned char *jpeg, size_t jpeg_len,
+                  const struct credit_reply *reply)
+{
+    char evidence[33] = "", cpart[48];
+    struct credit_ctx *done;
+    int64_t now = core_now_ms();
+    int64_t flag_day;
+
+    if (d->ncommit == 0 && d->nflags == 0) {
+        reply_now(core, s, reply);
+        return;
+    }
+    if (!store_is_up(core->store)) {
+        for (int i = 0; i < d->ncommit; i++) {
+            snprintf(cpart, sizeof(cpart), "%s:%lld", check,
+                     (long long)d->commit[i].day);
+            keep_for_retry(s, cpart, d->commit[i].day, d->commit[i].ms);
+        }
+        for (int i = 0; i < d->nflags; i++)
+            log_warning("msg=\"flag not written: Redis down\" session=%s "
+                        "learner=%s kind=%s", s->id, s->claims.sub,
+                        policy_flag_name(d->flags[i].kind));
+        reply_now(core, s, reply);
+        return;
+    }
+
+    for (int i = 0; i < d->ncommit; i++) {
+        snprintf(cpart, sizeof(cpart), "%s:%lld", check,
+                 (long long)d->commit[i].day);
+        if (send_commit(core, s, cpart, d->commit[i].day,
+                        d->commit[i].ms) != 0)
+            keep_for_retry(s, cpart, d->commit[i].day, d->commit[i].ms);
+    }
+    if (d->nflags > 0 && jpeg != NULL && jpeg_len > 0) {
+        ledger_random_id(evidence);
+        store_evidence(core, s, evidence, jpeg, jpeg_len);
+    }
+    flag_day = d->ndiscard > 0 ? d->discard[d->ndiscard - 1].day
+                               : policy_day_index(now,
+                                                  session_utc_offset(now));
+    for (int i = 0; i < d->nflags; i++)
+        send_flag(core, s, d->flags[i].kind, d->flags[i].withheld_ms,
+                  flag_day, check, evidence, now);
+
+    /* Redis answers in order: this reply comes after every write above. */
+    done = ctx_new(core, s);
+    if (done != NULL && reply != NULL)
+        done->reply = *reply;
+    if (done == NULL ||
+        store_command(core->store, on_written, done, "PING") != STORE_OK) {
+        free(done);
+        reply_now(core, s, reply);
+    }
+}
+
+void credit_flag(struct core *core, struct session *s,
+                 enum policy_flag kind, int64_t withheld_ms,
+                 const char *check, int64_t now)
+{
+    send_flag(core, s, kind, withheld_ms,
+              policy_day_index(now, session_utc_offset(now)), check, "",
+              now);
+}
+
+void credit_retry(struct core *core, struct session *s)
+{
+    int n = s->nretry;
+    struct session_retry copy[SESSION_RETRY_MAX];
+
+    if (n == 0 || !store_is_up(core->store))
+        return;
+    memcpy(copy, s->retry, sizeof(copy));
+    s->nretry = 0;
+    for (int i = 0; i < n; i++) {
+        if (send_commit(core, s, copy[i].check, copy[i].day, copy[i].ms))
+            keep_for_retry(s, copy[i].check, copy[i].day, copy[i].ms);
+    }
+}

@@ -1,0 +1,120 @@
+/* The session structure and the helpers shared by the core-thread files
+ * that act on it: session.c (table, Hello, messages), challenge.c (face
+ * checks: scheduling, snapshots, verdicts) and credit.c (writing what the
+ * policy decided to the ledger). Not an interface for other modules. */
+#ifndef PROCTORD_SESSION_INTERNAL_H
+#define PROCTORD_SESSION_INTERNAL_H
+
+#include <stdint.h>
+
+#include "auth.h"
+#include "core.h"
+#include "policy.h"
+#include "proctor.pb-c.h"
+
+#define SESSION_RETRY_MAX 4
+
+/* A commit whose reply was lost; retried with the same check id, which
+ * the ledger makes idempotent. */
+struct session_retry {
+    char check[40];
+    int64_t day;
+    int64_t ms;
+};
+
+struct session {
+    struct session *next_conn;
+    struct session *next_learner;
+    uint64_t conn;
+    uint64_t serial;
+    char id[33];
+    struct auth_claims claims;
+    uint64_t ack_seq;
+    int64_t started_ms;
+    int64_t last_seen_ms;
+    int64_t last_active_ms;     /* last heartbeat that accrued */
+    int64_t resume_touched_ms;
+
+    struct policy_session pol;
+    int64_t credited_ms;        /* the course's committed total */
+    int64_t today_ms;           /* committed today over all courses */
+    int64_t today;              /* local day index of today_ms */
+
+    float *emb;                 /* owned: the enrolled embedding */
+    int dim;
+
+    /* The outstanding challenge (0: none) and the next one's time. */
+    uint64_t challenge_id;
+    int64_t challenge_deadline_ms;
+    int64_t next_challenge_ms;
+    uint32_t challenges;
+
+    struct session_retry retry[SESSION_RETRY_MAX];
+    int nretry;
+
+    unsigned welcomed : 1;
+    unsigned analysing : 1;
+    unsigned exam : 1;
+};
+
+/* Finds the live session on conn with serial, or NULL when it is gone. */
+struct session *session_find(struct core *core, uint64_t conn,
+                             uint64_t serial);
+
+void session_send(struct core *core, struct session *s,
+                  Proctor__V1__ServerMessage *m);
+void session_send_status(struct core *core, struct session *s);
+void session_send_verdict(struct core *core, struct session *s,
+                          uint64_t challenge_id, int outcome,
+                          float similarity, uint32_t faces);
+
+/* The best similarity of the face to another enrolled learner of the
+ * session's organisation, from the core's cache; -1 when none is known. */
+float session_best_other(struct core *core, const struct session *s,
+                         const float *emb, int dim);
+
+/* policy.timezone's UTC offset at now_ms. */
+int32_t session_utc_offset(int64_t now_ms);
+
+/* ---- challenge.c ---- */
+
+/* Schedules the next challenge: soon (after a face-less or poor check) or
+ * after an exponential gap with the configured mean. */
+void challenge_schedule(struct core *core, struct session *s, int64_t now,
+                        int soon);
+
+/* Sends due challenges and handles deadlines passed. */
+void challenge_tick(struct core *core, struct session *s, int64_t now);
+
+/* A Snapshot from the learner. */
+void challenge_on_snapshot(struct core *core, struct session *s,
+                           Proctor__V1__Snapshot *snap, int64_t now);
+
+/* ---- credit.c ---- */
+
+/* What to send once the decision's writes are in Redis. */
+struct credit_reply {
+    int has_verdict;
+    uint64_t challenge_id;
+    int outcome;
+    float similarity;
+    uint32_t faces;
+};
+
+/* Writes decision d (commits, flags with their evidence) for session s
+ * under check, then sends the verdict in reply (may be NULL) and a
+ * Status. jpeg (may be NULL) is stored as evidence of any flag opened. */
+void credit_apply(struct core *core, struct session *s,
+                  const struct policy_decision *d, const char *check,
+                  const unsigned char *jpeg, size_t jpeg_len,
+                  const struct credit_reply *reply);
+
+/* Opens a flag the policy does not decide (concurrent_session). */
+void credit_flag(struct core *core, struct session *s,
+                 enum policy_flag kind, int64_t withheld_ms,
+                 const char *check, int64_t now);
+
+/* Retries commits whose replies were lost, once Redis is back. */
+void credit_retry(struct core *core, struct session *s);
+
+#endif
