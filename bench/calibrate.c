@@ -265,12 +265,15 @@ static void report_set(const struct sample_set *set, struct scores *all_imp,
                        float deflt, struct scores *keep)
 {
     struct scores gen = {0}, imp = {0};
-    int multi = 0;
+    int multi = 0, raw = 0;
 
-    for (int i = 0; i < set->n; i++)
-        multi += set->s[i].r.faces_raw > 1;
-    printf("%s: %d images, %d without a face, %d with more than one "
-           "detection\n", set->name, set->n, misses(set), multi);
+    for (int i = 0; i < set->n; i++) {
+        multi += set->s[i].r.faces > 1;
+        raw += set->s[i].r.faces_raw > 1;
+    }
+    printf("%s: %d images, %d without a face, %d counted with more than "
+           "one face (%d with more than one detection)\n", set->name,
+           set->n, misses(set), multi, raw);
     pair_scores(set, &gen, &imp);
     scores_sort(&gen);
     scores_sort(&imp);
@@ -385,6 +388,24 @@ static int load_video(struct vision_worker *w, const char *path,
     free(yuv);
     fclose(f);
     return n;
+}
+
+static void report_video(const struct sample *video, int n)
+{
+    int none = 0, one = 0, more = 0, raw_more = 0;
+
+    for (int i = 0; i < n; i++) {
+        none += video[i].r.faces == 0;
+        one += video[i].r.faces == 1;
+        more += video[i].r.faces > 1;
+        raw_more += video[i].r.faces_raw > 1;
+    }
+    printf("video: %d frames; faces 0: %d, 1: %d, more: %d; more than one "
+           "detection: %d\n", n, none, one, more, raw_more);
+    for (int i = 0; i < n; i++)
+        if (video[i].r.faces > 1)
+            printf("  frame %d: faces %d / %d\n", i, video[i].r.faces,
+                   video[i].r.faces_raw);
 }
 
 /* ------------------------------------------------------------------------
@@ -636,6 +657,7 @@ int main(int argc, char **argv)
 
     snprintf(dir, sizeof(dir), "%s/video/face_640x480_15fps.y4m", a.data);
     nvideo = load_video(w, dir, video, MAX_SAMPLES);
+    report_video(video, nvideo);
     report_times("640x480 q90 video frames", video, nvideo);
     report_times("150x150 lfw", lfw.s, lfw.n);
     report_named_times(&named);

@@ -69,6 +69,13 @@ int http_id_valid(const char *s, size_t len);
 /* The decoded value of query parameter name, or NULL. */
 const char *http_query_get(const struct evkeyvalq *q, const char *name);
 
+/* The value of field in an HGETALL reply (a flat array of field, value),
+ * or NULL when absent. */
+const redisReply *http_hash_get(const redisReply *r, const char *field);
+
+/* A reply string's integer value; fallback for NULL, nil or junk. */
+long long http_reply_ll(const redisReply *v, long long fallback);
+
 /* ---- Routes in http_flags.c ------------------------------------------ */
 
 void http_flags_list(struct core *core, struct evhttp_request *req,

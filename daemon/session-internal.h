@@ -53,6 +53,7 @@ struct session {
     int nretry;
 
     unsigned welcomed : 1;
+    unsigned status_pending : 1;    /* a Status owed once welcomed */
     unsigned analysing : 1;
     unsigned exam : 1;
 };

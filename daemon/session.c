@@ -203,6 +203,12 @@ void session_send_status(struct core *core, struct session *s)
     Proctor__V1__ServerMessage m = PROCTOR__V1__SERVER_MESSAGE__INIT;
     Proctor__V1__Status st = PROCTOR__V1__STATUS__INIT;
 
+    /* Nothing may precede the Welcome; a heartbeat that came before it
+     * is answered right after. */
+    if (!s->welcomed) {
+        s->status_pending = 1;
+        return;
+    }
     st.credited_s = (uint64_t)(s->credited_ms / 1000);
     st.provisional_s = (uint64_t)(policy_provisional_ms(&s->pol) / 1000);
     st.state = (Proctor__V1__State)policy_state(&s->pol);
@@ -244,6 +250,10 @@ static void send_welcome(struct core *core, struct session *s)
     m.welcome = &w;
     session_send(core, s, &m);
     s->welcomed = 1;
+    if (s->status_pending) {
+        s->status_pending = 0;
+        session_send_status(core, s);
+    }
     log_verbose("msg=\"session started\" session=%s learner=%s course=%s "
                 "conn=%llx enrolled=%d", s->id, s->claims.sub,
                 s->claims.course, (unsigned long long)s->conn,

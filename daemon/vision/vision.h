@@ -22,14 +22,14 @@ extern "C" {
 #define VISION_MAX_DIM 512
 #define VISION_ERRLEN 128
 
-/* A replay signature: a 32x24 thumbnail of the whole frame and a 16x16
- * one of the aligned face, each normalised to zero mean and unit
- * variance. The face part is all zero when no face was found. */
-#define VISION_SIG_BYTES 4096 /*DEVHACK*/
+/* A replay signature: a 32x24 grey thumbnail of the whole frame,
+ * normalised to zero mean and unit variance, one byte a pixel. */
+#define VISION_SIG_BYTES (32 * 24)
 
 /* Two signatures closer than this are the same picture, re-encoded or
- * resized: see bench/README.md for the figures behind it. */
-#define VISION_REPLAY_DISTANCE 0.25f
+ * resized; two frames of a live camera are farther apart. The figures
+ * behind it are in bench/README.md, "Vision". */
+#define VISION_REPLAY_DISTANCE 0.09f
 
 #define VISION_DEFAULT_SECOND_FACE_RATIO 0.25
 #define VISION_DEFAULT_MAX_PIXELS (4096 * 4096)
@@ -102,10 +102,10 @@ struct vision_engine *vision_engine_new(const struct vision_options *opt,
                                         char *err, size_t errlen);
 void vision_engine_free(struct vision_engine *engine);
 
-/* Names the recognizer and its weights, such as "fr512f-87aacdfe" (the
- * letter after the dimension says how it embeds: f flip-averaged, p plain).
- * Store it beside every embedding: only embeddings with the same id may be
- * compared. The string lives as long as the engine. */
+/* Names the recognizer, its weights and how it embeds, such as
+ * "fr512-87aacdfe" ("fr512f-..." when flip-averaged). Store it beside every
+ * embedding: only embeddings with the same id may be compared. The string
+ * lives as long as the engine. */
 const char *vision_model_id(const struct vision_engine *engine);
 int vision_embedding_dim(const struct vision_engine *engine);
 /* The cosine at or above which two faces are taken as one person,
@@ -139,9 +139,9 @@ int vision_analyze_file(struct vision_worker *worker, const char *path,
 /* Cosine of two embeddings of dim floats; 0 when either is all zero. */
 float vision_similarity(const float *a, const float *b, int dim);
 
-/* Distance between two replay signatures in standard deviations, RMS over
- * the frame thumbnail and, when both have one, the larger of that and the
- * face's. Below VISION_REPLAY_DISTANCE means the same picture. */
+/* Distance between two replay signatures: the RMS difference of the
+ * thumbnails in standard deviations (0 for the same picture, about 1.4
+ * for unrelated ones). Below VISION_REPLAY_DISTANCE means a replay. */
 float vision_signature_distance(const uint8_t *a, const uint8_t *b);
 
 /* For tools and tests, never for untrusted input: decodes an image in any
