@@ -313,3 +313,52 @@ def test_sigkill_and_restart_credit_nothing_twice(daemon_factory, redis):
     credited_ms = sum(int(words[i + 1]) for i, w in enumerate(words)
                       if w == "credited_ms")
     assert credited_ms == total
+
+
+def test_face_of_another_enrolled_learner_is_shared_face(daemon_factory):
+    d = daemon_factory(FAST)
+    enrol(d, "learner-1", A[0])
+    enrol(d, "learner-2", B[0])
+
+    async def scenario():
+        c = await verified(d)
+        await study(c, 1.5)
+        await check(c, B[1], pb.MISMATCH)
+        await c.close()
+        status, body = d.http_json("GET", "/v1/flags?status=open",
+                                   supervisor_token())
+        kinds = [f["kind"] for f in body["flags"]
+                 if f["learner_id"] == "learner-1"]
+        assert kinds == ["shared_face"], kinds
+    run(scenario())
+
+
+def test_missed_challenge_flags(daemon_factory):
+    d = daemon_factory(dict(FAST, **{"policy.challenge_deadline": "2s",
+                                     "policy.check_interval": "3s"}))
+    enrol(d, "learner-1", A[0])
+
+    async def scenario():
+        c = await verified(d)
+        # Heartbeats only: the next challenge goes unanswered.
+        ch = None
+        t0 = time.time()
+        while time.time() - t0 < 15 and ch is None:
+            await c.heartbeat()
+            msg = await c.recv()
+            if msg.WhichOneof("body") == "challenge":
+                ch = msg.challenge
+            await asyncio.sleep(0.2)
+        assert ch is not None
+        await study(c, 3.0)
+        # Answering after the deadline is late and commits nothing.
+        await c.snapshot(face(A[2]), ch.challenge_id)
+        v = await c.expect("verdict")
+        assert v.outcome == pb.LATE
+        await c.close()
+        status, body = d.http_json("GET", "/v1/flags?status=open&kind="
+                                   "challenge_missed", supervisor_token())
+        kinds = [f["kind"] for f in body["flags"]]
+        assert kinds and set(kinds) == {"challenge_missed"}, kinds
+        assert hours(d, "learner-1")["credited_seconds"] == 0
+    run(scenario())
