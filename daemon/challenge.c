@@ -212,6 +212,10 @@ static void decide(struct core *core, struct session *s,
         return;
     }
     policy_on_verdict(&core->cfg.policy, &s->pol, outcome, shared, now, &d);
+    if (outcome == POLICY_MATCH)
+        s->absent_evidence[0] = '\0';
+    else if (outcome == POLICY_NO_FACE && d.nflags == 0)
+        credit_keep_absence(core, s, ctx->job->jpeg, ctx->job->len);
     snprintf(check, sizeof(check), "%llu",
              (unsigned long long)(ctx->challenge_id != 0
                                       ? ctx->challenge_id

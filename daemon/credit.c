@@ -273,6 +273,10 @@ void credit_apply(struct core *core, struct session *s,
     if (d->nflags > 0 && jpeg != NULL && jpeg_len > 0) {
         ledger_random_id(evidence);
         store_evidence(core, s, evidence, jpeg, jpeg_len);
+    } else if (d->nflags > 0 && s->absent_evidence[0] != '\0') {
+        /* A no_face flag opened by time passing: its evidence is the
+         * face-less frame that began the stretch. */
+        memcpy(evidence, s->absent_evidence, sizeof(evidence));
     }
     flag_day = d->ndiscard > 0 ? d->discard[d->ndiscard - 1].day
                                : policy_day_index(now,
@@ -290,6 +294,15 @@ void credit_apply(struct core *core, struct session *s,
         free(done);
         reply_now(core, s, reply);
     }
+}
+
+void credit_keep_absence(struct core *core, struct session *s,
+                         const unsigned char *jpeg, size_t len)
+{
+    if (s->absent_evidence[0] != '\0' || !store_is_up(core->store))
+        return;
+    ledger_random_id(s->absent_evidence);
+    store_evidence(core, s, s->absent_evidence, jpeg, len);
 }
 
 void credit_flag(struct core *core, struct session *s,

@@ -49,6 +49,9 @@ struct session {
     int64_t next_challenge_ms;
     uint32_t challenges;
 
+    /* The frame that began a face-less stretch, kept as evidence. */
+    char absent_evidence[33];
+
     struct session_retry retry[SESSION_RETRY_MAX];
     int nretry;
 
@@ -109,6 +112,11 @@ void credit_apply(struct core *core, struct session *s,
                   const struct policy_decision *d, const char *check,
                   const unsigned char *jpeg, size_t jpeg_len,
                   const struct credit_reply *reply);
+
+/* Keeps jpeg as evidence of a face-less stretch that may become a
+ * no_face flag later (the first frame of the stretch only). */
+void credit_keep_absence(struct core *core, struct session *s,
+                         const unsigned char *jpeg, size_t len);
 
 /* Opens a flag the policy does not decide (concurrent_session). */
 void credit_flag(struct core *core, struct session *s,

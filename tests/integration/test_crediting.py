@@ -362,3 +362,29 @@ def test_missed_challenge_flags(daemon_factory):
         assert kinds and set(kinds) == {"challenge_missed"}, kinds
         assert hours(d, "learner-1")["credited_seconds"] == 0
     run(scenario())
+
+
+def test_absence_opens_no_face_flag_with_evidence(daemon_factory):
+    d = daemon_factory(FAST)
+    enrol(d, "learner-1", A[0])
+
+    async def scenario():
+        c = await verified(d)
+        await study(c, 2.0)
+        empty = blank_jpeg()
+        _, st = await check(c, empty, pb.NO_FACE)
+        assert st.state == pb.UNVERIFIED
+        # Nothing accrues without a face; past absent_after (3 s) the
+        # stretch is withheld and flagged, with the empty frame as proof.
+        await study(c, 4.5)
+        await c.close()
+        status, body = d.http_json("GET", "/v1/flags?kind=no_face",
+                                   supervisor_token())
+        flags = body["flags"]
+        assert len(flags) == 1, flags
+        assert flags[0]["withheld_seconds"] >= 1
+        status, _, jpeg = d.http("GET", "/v1/evidence/" +
+                                 flags[0]["evidence"][0], supervisor_token())
+        assert status == 200 and jpeg == empty
+        assert hours(d, "learner-1")["credited_seconds"] == 0
+    run(scenario())
