@@ -17,6 +17,7 @@
 #include "net.h"
 #include "session.h"
 #include "store.h"
+#include "vision_pool.h"
 
 #define HEALTH_TIMEOUT_MS 1000
 
@@ -93,14 +94,16 @@ int http_require(struct core *core, struct evhttp_request *req,
  * /healthz
  * ------------------------------------------------------------------ */
 
-/* The client may hang up before Redis answers; evhttp then frees the
- * request, so the probe forgets it. */
+/* A client hang-up detaches the request and leaves it to us (the answer
+ * then goes nowhere and frees it); when the server drops the connection
+ * itself, evhttp frees the request right after this, so it is forgotten. */
 static void on_health_conn_closed(struct evhttp_connection *conn, void *arg)
 {
     struct health_probe *p = arg;
 
     (void)conn;
-    p->req = NULL;
+    if (p->req != NULL && evhttp_request_get_connection(p->req) != NULL)
+        p->req = NULL;
 }
 
 static void health_answer(struct health_probe *p, int up)
@@ -109,8 +112,9 @@ static void health_answer(struct health_probe *p, int up)
 
     if (p->req == NULL)
         return;
-    evhttp_connection_set_closecb(evhttp_request_get_connection(p->req),
-                                  NULL, NULL);
+    if (evhttp_request_get_connection(p->req) != NULL)
+        evhttp_connection_set_closecb(evhttp_request_get_connection(p->req),
+                                      NULL, NULL);
     body = json_pack("{ss ss si}", "status", up ? "ok" : "unavailable",
                      "redis", up ? "up" : "down", "sessions",
                      (json_int_t)session_count(p->core->sessions));
@@ -205,6 +209,12 @@ static void on_metrics(struct core *core, struct evhttp_request *req)
     metric(b, "proctord_queue_depth_outbound", "gauge",
            "Frames waiting for the network threads",
            net_outbound_depth(core->net));
+    metric(b, "proctord_queue_depth_vision", "gauge",
+           "Snapshots queued or being analysed",
+           (uint64_t)vision_pool_busy(core->vision));
+    metric(b, "proctord_vision_refused_total", "counter",
+           "Snapshots refused by a full vision queue (challenge re-issued)",
+           metrics_get(vision_busy));
     metric(b, "proctord_queue_refused_total", "counter",
            "Items refused by a full queue", metrics_get(queue_refused));
     metric(b, "proctord_redis_up", "gauge", "1 when Redis is connected",

@@ -56,7 +56,8 @@ struct session {
     int nretry;
 
     unsigned welcomed : 1;
-    unsigned status_pending : 1;    /* a Status owed once welcomed */
+    /* Statuses owed for heartbeats that came before the Welcome. */
+    uint8_t status_pending;
     unsigned analysing : 1;
     unsigned exam : 1;
 };

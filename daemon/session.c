@@ -206,7 +206,8 @@ void session_send_status(struct core *core, struct session *s)
     /* Nothing may precede the Welcome; a heartbeat that came before it
      * is answered right after. */
     if (!s->welcomed) {
-        s->status_pending = 1;
+        if (s->status_pending < UINT8_MAX)
+            s->status_pending++;
         return;
     }
     st.credited_s = (uint64_t)(s->credited_ms / 1000);
@@ -250,8 +251,8 @@ static void send_welcome(struct core *core, struct session *s)
     m.welcome = &w;
     session_send(core, s, &m);
     s->welcomed = 1;
-    if (s->status_pending) {
-        s->status_pending = 0;
+    while (s->status_pending > 0) {
+        s->status_pending--;
         session_send_status(core, s);
     }
     log_verbose("msg=\"session started\" session=%s learner=%s course=%s "

@@ -417,7 +417,8 @@ class Learner:
             try:
                 msg = await self.recv(left)
             except asyncio.TimeoutError:
-                raise AssertionError("no %s within %ss" % (kind, timeout))
+                raise AssertionError("no %s within %ss" % (kind, timeout)) \
+                    from None
             which = msg.WhichOneof("body")
             if which == "challenge":
                 self.last_challenge = msg.challenge

@@ -229,6 +229,35 @@ def test_healthz_follows_redis(daemon, redis):
     assert daemon.alive()
 
 
+def test_hung_redis(daemon, redis):
+    """A Redis that stops answering without closing (a stuck host, a
+    partition): /healthz says 503 within its own deadline, and learners,
+    old and new, are not left waiting on it."""
+    async def scenario():
+        c = await Learner.connect(daemon)
+        await c.hello(learner_token(sub="before-hang"))
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            assert daemon.health(timeout=5) == 503
+            assert time.monotonic() - t0 < 2.5
+
+            await c.heartbeat()
+            await c.status(timeout=5)
+            assert c.last_ack == c.seq
+
+            late = await Learner.connect(daemon)
+            await late.send(hello=pb.Hello(
+                token=learner_token(sub="during-hang"), client="pytest"))
+            await late.expect("welcome", timeout=5)
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: daemon.health() == 200, 15, what="200 again")
+        await c.close()
+    run(scenario())
+    assert daemon.alive()
+
+
 # ---------------------------------------------------------------------
 # /metrics and 404
 # ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import time
 
 import pytest
@@ -104,15 +105,23 @@ def test_every_heartbeat_gets_status_with_its_seq(daemon):
     run(scenario())
 
 
-def test_pipelined_hello_and_heartbeats(daemon):
-    """Heartbeats sent right behind the Hello, before the Welcome came:
-    the Welcome still comes first, and each heartbeat gets a Status
-    (ack_seq may already name the later one: both were processed)."""
+def test_pipelined_hello_and_heartbeats(daemon, redis):
+    """Heartbeats sent right behind the Hello, before the Welcome came
+    (Redis is held for half a second, as a slow link would, so they are
+    surely in before the Welcome): the Welcome still comes first, and
+    each heartbeat gets a Status. ack_seq may already name the later
+    one, since both were processed."""
     async def scenario():
         c = await Learner.connect(daemon)
-        await c.send(hello=pb.Hello(token=learner_token(), client="pytest"))
-        await c.heartbeat()
-        await c.heartbeat()
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            await c.send(hello=pb.Hello(token=learner_token(),
+                                        client="pytest"))
+            await c.heartbeat()
+            await c.heartbeat()
+            await asyncio.sleep(0.5)
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
         first = await c.recv()
         assert first.WhichOneof("body") == "welcome", first
         assert HEX32.match(first.welcome.session_id)
@@ -254,6 +263,19 @@ def test_hello_deadline(daemon_factory):
         await c.expect_close(4401, timeout=5)
         took = time.monotonic() - t0
         assert 0.8 <= took <= 2.5, "closed after %.2fs" % took
+
+        # Pings are no Hello: they do not hold the deadline off.
+        t0 = time.monotonic()
+        c = await Learner.connect(d)
+        for _ in range(4):
+            try:
+                await c.ws.ping()
+            except websockets.ConnectionClosed:
+                break
+            await asyncio.sleep(0.3)
+        await c.expect_close(4401, timeout=5)
+        took = time.monotonic() - t0
+        assert took <= 2.5, "closed after %.2fs" % took
 
         # A Hello in time cancels the deadline.
         c = await Learner.connect(d)
@@ -552,6 +574,22 @@ def test_resume_of_another_learners_session_is_refused(daemon):
         assert (await a.hello(learner_token(sub="owner"),
                               resume=sid_a)).session_id == sid_a
         await a.close()
+    run(scenario())
+
+
+def test_resume_while_the_old_connection_is_open(daemon):
+    """A page reload that beats the old socket's end: the new connection
+    takes over and resumes the same session."""
+    async def scenario():
+        token = learner_token(sub="reloader")
+        old = await Learner.connect(daemon)
+        sid = (await old.hello(token)).session_id
+        new = await Learner.connect(daemon)
+        assert (await new.hello(token, resume=sid)).session_id == sid
+        await old.expect_close(4409)
+        await new.heartbeat()
+        await new.status()
+        await new.close()
     run(scenario())
 
 
