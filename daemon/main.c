@@ -58,6 +58,8 @@ static int parse_args(int argc, char **argv, const char **path)
     };
     int c;
 
+    /* One line for a bad flag, as for a bad config: getopt stays quiet. */
+    opterr = 0;
     while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
@@ -70,7 +72,8 @@ static int parse_args(int argc, char **argv, const char **path)
             printf("proctord %s\n", PROCTORD_VERSION);
             exit(0);
         default:
-            usage(stderr);
+            fprintf(stderr, "proctord: bad option \"%s\" (see --help)\n",
+                    argv[optind - 1]);
             return -1;
         }
     }

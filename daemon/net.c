@@ -218,7 +218,7 @@ static void conn_drop_output(struct net_conn *c)
 }
 
 /* Sends an Error message, then closes with code. Later input is ignored.
- * With code 1001 (shutdown) no Error is sent, only the close frame. */
+ * Below 4000 (normal close, shutdown) only the close frame is sent. */
 static void conn_close(struct net_conn *c, int code, const char *why)
 {
     Proctor__V1__ServerMessage sm = PROCTOR__V1__SERVER_MESSAGE__INIT;
@@ -234,7 +234,9 @@ static void conn_close(struct net_conn *c, int code, const char *why)
     log_verbose("msg=\"closing connection\" conn=%llx code=%d reason=\"%s\"",
                 (unsigned long long)c->id, code, why);
 
-    if (code != 1001) {
+    /* Our own codes (4xxx) come with an Error saying why; the standard
+     * ones (normal close, going away) need none. */
+    if (code >= 4000) {
         er.code = (uint32_t)code;
         er.message = (char *)why;
         sm.ack_seq = c->last_seq;
@@ -576,6 +578,20 @@ static void start_drain(struct net_thread *t)
         atomic_store(&t->stop, 1);
 }
 
+static const char *close_text(int code)
+{
+    switch (code) {
+    case 1000:
+        return "bye";
+    case 4409:
+        return "session taken over by a newer login";
+    case 1011:
+        return "internal error";
+    default:
+        return "closed by server";
+    }
+}
+
 static void deliver(struct net_thread *t, struct net_out *o)
 {
     struct net_conn *c = slot_find(t, o->conn);
@@ -586,7 +602,7 @@ static void deliver(struct net_thread *t, struct net_out *o)
         return;
     }
     if (o->payload == NULL) {
-        conn_close(c, o->close_code, "closed by server");
+        conn_close(c, o->close_code, close_text(o->close_code));
         return;
     }
     if (c->out_count >= NET_OUT_MAX) {

@@ -18,6 +18,7 @@
 
 #define SESSION_BUCKETS 65536
 #define ORG_CACHE_MAX 5000
+#define HELLO_DEADLINE_MS 2000
 
 /* An organisation's enrolled embeddings, for the shared_face check. */
 struct org_entry {
@@ -788,6 +789,14 @@ void session_tick(struct core *core)
         while (s != NULL) {
             struct session *next = s->next_conn;
 
+            if (!s->welcomed && now - s->started_ms > HELLO_DEADLINE_MS) {
+                /* Redis is connected but not answering: the learner
+                 * gets a session anyway, with crediting paused. */
+                log_warning("msg=\"no answer from Redis for a Hello; "
+                            "welcoming without it\" session=%s learner=%s",
+                            s->id, s->claims.sub);
+                send_welcome(core, s);
+            }
             if (s->welcomed) {
                 update_suspension(core, s, now, offset);
                 policy_on_tick(&core->cfg.policy, &s->pol, now, &d);

@@ -27,6 +27,9 @@
 #define STORE_BACKOFF_MIN_MS 100
 #define STORE_BACKOFF_MAX_MS 5000
 #define STORE_EMBEDDED_WAIT_MS 10000
+/* A connected Redis that has answered nothing for this long while
+ * commands wait is treated as down (a stopped or wedged server). */
+#define STORE_STALL_MS 2000
 
 struct store_script {
     const char *source;
@@ -39,6 +42,7 @@ struct store {
     int up;
     int stopping;
     int pending;
+    int64_t progress_ms;        /* last reply, or first command pending */
     int backoff_ms;
     struct event *retry_ev;
     store_state_cb state_cb;
@@ -68,6 +72,14 @@ struct store_call {
 };
 
 static void connect_now(struct store *st);
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int64_t elapsed_us(const struct timespec *t0)
 {
@@ -440,6 +452,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)ac;
     call->st->pending--;
+    call->st->progress_ms = mono_ms();
     metrics_add(redis_latency_us_sum, (uint64_t)elapsed_us(&call->t0));
     metrics_add(redis_latency_count, 1);
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
@@ -457,7 +470,7 @@ static struct store_call *call_new(struct store *st, store_reply_cb cb,
 {
     struct store_call *call;
 
-    if (!st->up || st->ac == NULL)
+    if (!store_is_up(st) || st->ac == NULL)
         return NULL;
     call = malloc(sizeof(*call));
     if (call == NULL)
@@ -476,7 +489,8 @@ static int call_sent(struct store *st, struct store_call *call, int rc)
         metrics_add(redis_errors, 1);
         return STORE_ERR;
     }
-    st->pending++;
+    if (st->pending++ == 0)
+        st->progress_ms = mono_ms();
     metrics_add(redis_commands, 1);
     return STORE_OK;
 }
@@ -554,7 +568,9 @@ int store_script(struct store *st, int script, store_reply_cb cb,
 
 int store_is_up(const struct store *st)
 {
-    return st->up;
+    if (!st->up)
+        return 0;
+    return st->pending == 0 || mono_ms() - st->progress_ms < STORE_STALL_MS;
 }
 
 int store_pending(const struct store *st)

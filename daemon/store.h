@@ -54,6 +54,8 @@ int store_script(struct store *st, int script, store_reply_cb cb,
                  void *arg, int nkeys, int argc, const char **argv,
                  const size_t *lens);
 
+/* Connected, and answering: a Redis that has let commands wait for two
+ * seconds without a reply counts as down until it answers again. */
 int store_is_up(const struct store *st);
 
 /* Commands sent and not yet answered. */

@@ -103,9 +103,9 @@ struct vision_engine *vision_engine_new(const struct vision_options *opt,
 void vision_engine_free(struct vision_engine *engine);
 
 /* Names the recognizer, its weights and how it embeds, such as
- * "fr512-87aacdfe" ("fr512f-..." when flip-averaged). Store it beside every
- * embedding: only embeddings with the same id may be compared. The string
- * lives as long as the engine. */
+ * "fr512f-87aacdfe" (f: flip-averaged; "fr512-..." is plain). Store it
+ * beside every embedding: only embeddings with the same id may be
+ * compared. The string lives as long as the engine. */
 const char *vision_model_id(const struct vision_engine *engine);
 int vision_embedding_dim(const struct vision_engine *engine);
 /* The cosine at or above which two faces are taken as one person,

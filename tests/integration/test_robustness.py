@@ -210,12 +210,12 @@ async def good_learner(daemon, stop, results):
     await c.hello(learner_token(sub="good-learner"))
     while not stop.is_set():
         await c.heartbeat()
+        results["sent"] += 1
         t0 = time.monotonic()
         await c.status(timeout=5)
         results["latency"] = max(results["latency"], time.monotonic() - t0)
         assert c.last_ack == c.seq, (c.last_ack, c.seq)
         results["statuses"] += 1
-        results["sent"] += 1
         await asyncio.sleep(0.2)
     assert c.ws.open
     return c

@@ -189,7 +189,7 @@ static int need_engine(void **state)
 static void test_engine_getters(void **state)
 {
     (void)state;
-    assert_string_equal(vision_model_id(fx.engine), "fr512-87aacdfe");
+    assert_string_equal(vision_model_id(fx.engine), "fr512f-87aacdfe");
     assert_int_equal(vision_embedding_dim(fx.engine), 512);
     assert_string_equal(vision_detector_name(fx.engine), "yunet-2022mar");
     assert_int_equal(vision_degraded(fx.engine), 0);
