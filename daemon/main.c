@@ -221,6 +221,16 @@ static int start(struct core *core)
         return -1;
     core->inbox_ev = event_new(core->base, -1, 0, on_inbox, core);
 
+    /* Signals first: a SIGTERM or SIGHUP that comes while the models load
+     * or the ports open is handled once the loop runs, not lost. */
+    sig_term = evsignal_new(core->base, SIGTERM, on_sigterm, core);
+    sig_int = evsignal_new(core->base, SIGINT, on_sigterm, core);
+    sig_hup = evsignal_new(core->base, SIGHUP, on_sighup, core);
+    tick_ev = event_new(core->base, -1, EV_PERSIST, on_tick, core);
+    evsignal_add(sig_term, NULL);
+    evsignal_add(sig_int, NULL);
+    evsignal_add(sig_hup, NULL);
+
     core->store = store_new(core->base, &core->cfg, err, sizeof(err));
     if (core->store == NULL)
         goto fail;
@@ -252,13 +262,6 @@ static int start(struct core *core)
     if (core->net == NULL || net_start(core->net) != NET_OK)
         goto fail;
 
-    sig_term = evsignal_new(core->base, SIGTERM, on_sigterm, core);
-    sig_int = evsignal_new(core->base, SIGINT, on_sigterm, core);
-    sig_hup = evsignal_new(core->base, SIGHUP, on_sighup, core);
-    tick_ev = event_new(core->base, -1, EV_PERSIST, on_tick, core);
-    evsignal_add(sig_term, NULL);
-    evsignal_add(sig_int, NULL);
-    evsignal_add(sig_hup, NULL);
     evtimer_add(tick_ev, &one_second);
     return 0;
 
