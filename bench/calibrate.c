@@ -89,9 +89,13 @@ static int read_all(const char *path, uint8_t **buf, size_t *len)
     size = ftell(f);
     fseek(f, 0, SEEK_SET);
     *buf = malloc(size > 0 ? (size_t)size : 1);
-    *len = fread(*buf, 1, (size_t)size, f);
+    *len = *buf && size >= 0 ? fread(*buf, 1, (size_t)size, f) : 0;
     fclose(f);
-    return *len == (size_t)size ? 0 : -1;
+    if (size < 0 || *len != (size_t)size) {
+        free(*buf);
+        return -1;
+    }
+    return 0;
 }
 
 static int is_dir(const char *path)
@@ -130,6 +134,10 @@ static void add_files(struct sample_set *set, const char *dir,
     struct dirent **names;
     int n = scandir(dir, &names, NULL, alphasort);
 
+    if (n < 0) {
+        fprintf(stderr, "%s: %s\n", dir, strerror(errno));
+        return;
+    }
     for (int i = 0; i < n; i++) {
         char path[PATH_MAX];
 
@@ -160,6 +168,10 @@ static void load_set(struct sample_set *set, const char *name,
         return;
     }
     n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0) {
+        fprintf(stderr, "%s: %s\n", dir, strerror(errno));
+        return;
+    }
     for (int i = 0; i < n; i++) {
         char path[PATH_MAX];
 
@@ -667,6 +679,14 @@ int main(int argc, char **argv)
         report_replay(w, sets, 3, video, nvideo);
     }
 
+    free(lfw.s);
+    free(orl.s);
+    free(named.s);
+    free(multi.s);
+    free(video);
+    free(imp.v);
+    free(gen_lfw.v);
+    free(gen_orl.v);
     vision_worker_free(w);
     vision_engine_free(engine);
     return 0;

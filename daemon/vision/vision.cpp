@@ -661,7 +661,7 @@ static void embed(struct vision_worker *w, const cv::Mat &crop,
     if (e->rec->kind == MODEL_SFACE) {
         for (const cv::Mat &c : crops) {
             w->sface->feature(c, feat);
-            feat = feat.reshape(1, 1) / cv::norm(feat);
+            feat = feat.reshape(1, 1) / std::max(cv::norm(feat), 1e-12);
             sum = sum.empty() ? feat.clone() : sum + feat;
         }
     } else {
@@ -673,7 +673,8 @@ static void embed(struct vision_worker *w, const cv::Mat &crop,
         w->net.setInput(blob);
         feat = w->net.forward().reshape(1, (int)crops.size());
         for (int i = 0; i < feat.rows; i++) {
-            cv::Mat row = feat.row(i) / cv::norm(feat.row(i));
+            cv::Mat row = feat.row(i) / std::max(cv::norm(feat.row(i)),
+                                                 1e-12);
             sum = sum.empty() ? row.clone() : sum + row;
         }
     }

@@ -64,8 +64,9 @@ struct vision_result {
     int status;                 /* VISION_OK, VISION_BAD_IMAGE, VISION_ERR */
     char error[VISION_ERRLEN];  /* why, when status is not VISION_OK */
     int width, height;
-    /* faces: those at least second_face_ratio of the largest one's area;
-     * faces_raw: every detection the detector kept. */
+    /* faces: the largest and those at least second_face_ratio of its
+     * area with a detector score of 0.8 or more (a second face raises a
+     * flag); faces_raw: every detection the detector kept. */
     int faces;
     int faces_raw;
     /* The largest face: x, y, w, h and the detector's score (0 for the
@@ -131,8 +132,9 @@ int vision_analyze(struct vision_worker *worker, const uint8_t *jpeg,
                    size_t len, struct vision_result *out);
 
 /* For tools, never for untrusted input: reads any format OpenCV reads
- * (JPEG files take the vision_analyze() path, others cv::imread's) and runs
- * the same pipeline. Returns as vision_analyze(). */
+ * (JPEG files take the vision_analyze() path, others OpenCV's decoder,
+ * with no size check) and runs the same pipeline. Returns as
+ * vision_analyze(). */
 int vision_analyze_file(struct vision_worker *worker, const char *path,
                         struct vision_result *out);
 
