@@ -76,6 +76,7 @@ static const struct key_def key_defs[] = {
     {"server", "http_max_body", KEY_SIZE, F(http_max_body), 1024, GIB, 0},
     {"server", "shutdown_timeout", KEY_DURATION, F(shutdown_timeout_ms), 1,
      INFINITY, 0},
+    {"server", "console_dir", KEY_PATH, F(console_dir), 0, 0, 0},
 
     /* commit_buffer 0: crediting pauses as soon as Redis is gone. */
     {"redis", "address", KEY_REDIS_ADDR, F(redis_address), 0, 0, 0},
@@ -83,6 +84,7 @@ static const struct key_def key_defs[] = {
     {"redis", "server", KEY_PATH, F(redis_server), 0, 0, 0},
     {"redis", "cluster", KEY_BOOL, F(redis_cluster), 0, 0, 0},
     {"redis", "commit_buffer", KEY_INT, F(commit_buffer), 0, 1e7, 0},
+    {"redis", "events_maxlen", KEY_INT64, F(events_maxlen), 1, 1e12, 0},
 
     /* More than an hour of skew is a broken clock, and a leeway that long
      * would keep every expired token alive for as long. */
@@ -802,12 +804,14 @@ void config_defaults(struct config *cfg)
     cfg->http_timeout_ms = 10000;
     cfg->http_max_body = 4 * 1048576;
     cfg->shutdown_timeout_ms = 4000;
+    strcpy(cfg->console_dir, "web/console");
 
     strcpy(cfg->redis_address, "embedded");
     strcpy(cfg->redis_data_dir, "var/redis");
     strcpy(cfg->redis_server, "redis-server");
     cfg->redis_cluster = 0;
     cfg->commit_buffer = 10000;
+    cfg->events_maxlen = 1000000;
 
     cfg->jwt_leeway_ms = 30000;
     cfg->log_level = LOG_NOTICE;

@@ -53,6 +53,7 @@ struct config {
     int64_t http_timeout_ms;
     size_t http_max_body;
     int64_t shutdown_timeout_ms;
+    char console_dir[CONFIG_PATHLEN];   /* the console's static files */
 
     /* [redis] */
     char redis_address[CONFIG_ADDRLEN];  /* "embedded" or host:port */
@@ -60,6 +61,7 @@ struct config {
     char redis_server[CONFIG_PATHLEN];   /* redis-server binary */
     int redis_cluster;
     int commit_buffer;              /* commits held while Redis is down */
+    int64_t events_maxlen;          /* pd:events trimmed to about this */
 
     /* [auth] */
     char jwt_secret[256];

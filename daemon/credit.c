@@ -1,7 +1,8 @@
-/* Carrying out what the policy decided: commits through the ledger's
- * COMMIT script (capped per day, idempotent by check), flags with their
- * evidence, and the Verdict and Status that must wait until Redis holds
- * what they report. */
+/* Carrying out what the policy decided: verdicts into the learner's
+ * stream, commits through the ledger's COMMIT script (capped per day,
+ * idempotent by check), flags with their evidence (each also an event in
+ * pd:events), and the Verdict and Status that must wait until Redis
+ * holds what they report. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,9 +89,9 @@ static int send_commit(struct core *core, struct session *s,
                        const char *check, int64_t day, int64_t ms)
 {
     char skey[320], ckey[320], dkey[200], stream[200];
-    char day_s[16], ms_s[24], cap_s[24], now_s[24];
+    char day_s[16], ms_s[24], cap_s[24], now_s[24], maxlen[24];
     struct credit_ctx *c = ctx_new(core, s);
-    const char *argv[11];
+    const char *argv[15];
     char sess[64];
 
     if (c == NULL)
@@ -106,6 +107,8 @@ static int send_commit(struct core *core, struct session *s,
     snprintf(cap_s, sizeof(cap_s), "%lld",
              (long long)core->cfg.policy.daily_cap_ms);
     snprintf(now_s, sizeof(now_s), "%lld", (long long)core_now_ms());
+    snprintf(maxlen, sizeof(maxlen), "%lld",
+             (long long)core->cfg.events_maxlen);
     snprintf(c->check, sizeof(c->check), "%s", check);
     c->day = day;
     c->ms = ms;
@@ -114,14 +117,18 @@ static int send_commit(struct core *core, struct session *s,
     argv[1] = ckey;
     argv[2] = dkey;
     argv[3] = stream;
-    argv[4] = check;
-    argv[5] = day_s;
-    argv[6] = ms_s;
-    argv[7] = cap_s;
-    argv[8] = s->claims.course;
-    argv[9] = s->id;
-    argv[10] = now_s;
-    if (ledger_run(core->store, LEDGER_COMMIT, on_commit, c, 4, 11, argv,
+    argv[4] = LEDGER_EVENTS_KEY;
+    argv[5] = check;
+    argv[6] = day_s;
+    argv[7] = ms_s;
+    argv[8] = cap_s;
+    argv[9] = s->claims.course;
+    argv[10] = s->id;
+    argv[11] = now_s;
+    argv[12] = s->claims.sub;
+    argv[13] = s->claims.org;
+    argv[14] = maxlen;
+    if (ledger_run(core->store, LEDGER_COMMIT, on_commit, c, 5, 15, argv,
                    NULL) != LEDGER_OK) {
         free(c);
         return -1;
@@ -129,29 +136,63 @@ static int send_commit(struct core *core, struct session *s,
     return 0;
 }
 
+/* The JPEG goes in with its id in the learner's evidence set, which an
+ * erasure reads; the global index beside it is in another slot. */
 static void store_evidence(struct core *core, struct session *s,
                            const char *eid, const unsigned char *jpeg,
                            size_t len)
 {
-    char key[320], idx[64], ttl[24];
+    char key[320], set[200], idx[64], ttl[24];
     const char *argv[5];
     size_t lens[5];
 
     snprintf(idx, sizeof(idx), "evidence:%s", eid);
     ledger_key(key, sizeof(key), s->claims.sub, idx);
+    ledger_key(set, sizeof(set), s->claims.sub, "evidence");
     snprintf(ttl, sizeof(ttl), "%lld",
              (long long)core->cfg.policy.evidence_ttl_ms);
-    argv[0] = "SET";
-    argv[1] = key;
+    argv[0] = key;
+    argv[1] = set;
     argv[2] = (const char *)jpeg;
-    argv[3] = "PX";
-    argv[4] = ttl;
+    argv[3] = ttl;
+    argv[4] = eid;
     for (int i = 0; i < 5; i++)
         lens[i] = strlen(argv[i]);
     lens[2] = len;
-    store_command_argv(core->store, NULL, NULL, 5, argv, lens);
+    ledger_run(core->store, LEDGER_EVIDENCE, NULL, NULL, 2, 5, argv, lens);
     store_command(core->store, NULL, NULL, "SET pd:evidx:%s %s PX %s", eid,
                   s->claims.sub, ttl);
+}
+
+/* Every verdict the policy acted on goes to the learner's stream and
+ * counts towards the session's exam result. */
+static void record_verdict(struct core *core, struct session *s,
+                           const char *check,
+                           const struct credit_reply *reply)
+{
+    char skey[320], stream[200], sess[64], cid[24], sim[16], faces[16];
+    char now[24];
+    const char *argv[10];
+
+    snprintf(sess, sizeof(sess), "session:%s", s->id);
+    ledger_key(skey, sizeof(skey), s->claims.sub, sess);
+    ledger_key(stream, sizeof(stream), s->claims.sub, "stream");
+    snprintf(cid, sizeof(cid), "%llu",
+             (unsigned long long)reply->challenge_id);
+    snprintf(sim, sizeof(sim), "%.3f", (double)reply->similarity);
+    snprintf(faces, sizeof(faces), "%u", (unsigned)reply->faces);
+    snprintf(now, sizeof(now), "%lld", (long long)core_now_ms());
+    argv[0] = skey;
+    argv[1] = stream;
+    argv[2] = s->id;
+    argv[3] = s->claims.course;
+    argv[4] = cid;
+    argv[5] = policy_outcome_name((enum policy_outcome)reply->outcome);
+    argv[6] = sim;
+    argv[7] = faces;
+    argv[8] = now;
+    argv[9] = check;
+    ledger_run(core->store, LEDGER_VERDICT, NULL, NULL, 2, 10, argv, NULL);
 }
 
 static void send_flag(struct core *core, struct session *s,
@@ -160,8 +201,9 @@ static void send_flag(struct core *core, struct session *s,
                       int64_t now)
 {
     char skey[320], fkey[320], zkey[200], stream[200], sess[64], fsuf[64];
-    char fid[33], fcheck[64], opened[24], withheld[24], day_s[16];
-    const char *argv[15];
+    char ckey[320], fid[33], fcheck[64], opened[24], withheld[24];
+    char day_s[16], maxlen[24];
+    const char *argv[18];
 
     ledger_random_id(fid);
     snprintf(sess, sizeof(sess), "session:%s", s->id);
@@ -170,6 +212,10 @@ static void send_flag(struct core *core, struct session *s,
     ledger_key(fkey, sizeof(fkey), s->claims.sub, fsuf);
     ledger_key(zkey, sizeof(zkey), s->claims.sub, "flags");
     ledger_key(stream, sizeof(stream), s->claims.sub, "stream");
+    snprintf(ckey, sizeof(ckey), "pd:{%s}:course:%s", s->claims.sub,
+             s->claims.course);
+    snprintf(maxlen, sizeof(maxlen), "%lld",
+             (long long)core->cfg.events_maxlen);
     snprintf(fcheck, sizeof(fcheck), "%s:%s", check, policy_flag_name(kind));
     snprintf(opened, sizeof(opened), "%lld", (long long)now);
     snprintf(withheld, sizeof(withheld), "%lld", (long long)withheld_ms);
@@ -179,18 +225,21 @@ static void send_flag(struct core *core, struct session *s,
     argv[1] = fkey;
     argv[2] = zkey;
     argv[3] = stream;
-    argv[4] = fcheck;
-    argv[5] = fid;
-    argv[6] = policy_flag_name(kind);
-    argv[7] = s->claims.sub;
-    argv[8] = s->claims.org;
-    argv[9] = s->claims.course;
-    argv[10] = s->id;
-    argv[11] = opened;
-    argv[12] = evidence;
-    argv[13] = withheld;
-    argv[14] = day_s;
-    if (ledger_run(core->store, LEDGER_FLAG, NULL, NULL, 4, 15, argv,
+    argv[4] = ckey;
+    argv[5] = LEDGER_EVENTS_KEY;
+    argv[6] = fcheck;
+    argv[7] = fid;
+    argv[8] = policy_flag_name(kind);
+    argv[9] = s->claims.sub;
+    argv[10] = s->claims.org;
+    argv[11] = s->claims.course;
+    argv[12] = s->id;
+    argv[13] = opened;
+    argv[14] = evidence;
+    argv[15] = withheld;
+    argv[16] = day_s;
+    argv[17] = maxlen;
+    if (ledger_run(core->store, LEDGER_FLAG, NULL, NULL, 6, 18, argv,
                    NULL) != LEDGER_OK) {
         log_warning("msg=\"flag not written: Redis down\" session=%s "
                     "learner=%s kind=%s", s->id, s->claims.sub,
@@ -245,6 +294,8 @@ void credit_apply(struct core *core, struct session *s,
     int64_t now = core_now_ms();
     int64_t flag_day;
 
+    if (reply != NULL && reply->has_verdict && store_is_up(core->store))
+        record_verdict(core, s, check, reply);
     if (d->ncommit == 0 && d->nflags == 0) {
         reply_now(core, s, reply);
         return;

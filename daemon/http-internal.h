@@ -76,6 +76,21 @@ const redisReply *http_hash_get(const redisReply *r, const char *field);
 /* A reply string's integer value; fallback for NULL, nil or junk. */
 long long http_reply_ll(const redisReply *v, long long fallback);
 
+/* 1 when s is 1..HTTP_ID_MAX bytes of UTF-8 without control characters:
+ * the platform's own course and organisation names. */
+int http_text_valid(const char *s);
+
+/* The [requirements] of a role name ("manager", ...), or NULL. */
+const struct config_role *http_role_need(const struct config *cfg,
+                                         const char *role);
+
+/* 1 for a stream entry of XRANGE's shape: [id, [field, value, ...]]. */
+int http_event_well_formed(const redisReply *e);
+
+/* One well-formed stream entry as {"id", "type", ...}: the *_ms fields
+ * as numbers, at_ms also as "at" (RFC 3339). Caller owns the result. */
+json_t *http_event_json(const redisReply *entry);
+
 /* ---- Routes in http_flags.c ------------------------------------------ */
 
 void http_flags_list(struct core *core, struct evhttp_request *req,
@@ -86,6 +101,23 @@ void http_flag_review(struct core *core, struct evhttp_request *req,
                       const struct auth_claims *claims, const char *id);
 void http_evidence_get(struct core *core, struct evhttp_request *req,
                        const struct auth_claims *claims, const char *id);
+
+/* ---- Routes in http_reports.c ---------------------------------------- */
+
+void http_reports_hours(struct core *core, struct evhttp_request *req,
+                        const struct auth_claims *claims, const char *unused);
+void http_learner_events(struct core *core, struct evhttp_request *req,
+                         const struct auth_claims *claims, const char *id);
+void http_learner_erase(struct core *core, struct evhttp_request *req,
+                        const struct auth_claims *claims, const char *id);
+
+/* ---- The console in http_console.c ---------------------------------- */
+
+/* Serves /console and /console/... from cfg.console_dir, GET and HEAD.
+ * Returns HTTP_UNHANDLED when path is not the console's (nothing was
+ * sent), HTTP_HANDLED when it answered. */
+int http_console_route(struct core *core, struct evhttp_request *req,
+                       const char *path);
 
 /* Dispatches the /v1 routes. Returns HTTP_UNHANDLED when no route matched
  * (nothing was sent), HTTP_HANDLED when the request was taken. */

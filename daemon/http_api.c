@@ -2,7 +2,8 @@
  * deferred replies shared with http_flags.c, enrolment through the vision
  * pool, credited hours and session timelines. Everything runs on the
  * core thread and reaches Redis only through store_*, never blocking;
- * the flag, review and evidence routes live in http_flags.c. */
+ * the flag, review and evidence routes live in http_flags.c, reports,
+ * learner events and erasure in http_reports.c. */
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -512,8 +513,8 @@ struct hours_call {
     char role[32];
 };
 
-static const struct config_role *role_need(const struct config *cfg,
-                                           const char *role)
+const struct config_role *http_role_need(const struct config *cfg,
+                                         const char *role)
 {
     if (strcmp(role, "manager") == 0)
         return &cfg->manager;
@@ -538,7 +539,7 @@ static json_t *centi_real(long long centi)
 static void hours_finish(struct hours_call *h)
 {
     const struct config *cfg = &h->call.core->cfg;
-    const struct config_role *need = role_need(cfg, h->role);
+    const struct config_role *need = http_role_need(cfg, h->role);
     long long secs = h->total_ms / 1000;
     long long centi = policy_credit_hours_centi(
         secs, cfg->policy.minutes_per_credit_hour);
@@ -629,19 +630,17 @@ static void on_hours_role(struct store *st, redisReply *r, void *arg)
         hours_finish(h);
 }
 
-/* A course id is the platform's: any UTF-8 text without control
- * characters, up to HTTP_ID_MAX bytes. */
-static int course_valid(const char *course)
+int http_text_valid(const char *s)
 {
-    size_t len = strlen(course);
+    size_t len = strlen(s);
     json_t *probe;
 
     if (len == 0 || len > HTTP_ID_MAX)
         return 0;
     for (size_t i = 0; i < len; i++)
-        if ((unsigned char)course[i] < 0x20 || course[i] == 0x7f)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
             return 0;
-    probe = json_stringn(course, len);
+    probe = json_stringn(s, len);
     json_decref(probe);
     return probe != NULL;
 }
@@ -657,7 +656,7 @@ static void on_hours(struct core *core, struct evhttp_request *req,
 
     if (query_parse(req, &q) != 0 ||
         (course = http_query_get(&q, "course")) == NULL ||
-        !course_valid(course)) {
+        !http_text_valid(course)) {
         evhttp_clear_headers(&q);
         http_reply_error(req, 400, "course missing or not valid");
         return;
@@ -711,8 +710,7 @@ static void session_fail(struct session_call *s, int code, const char *why)
     session_free(s);
 }
 
-/* One stream entry as {"id", "type", ...}: the *_ms fields as numbers. */
-static json_t *event_json(const redisReply *entry)
+json_t *http_event_json(const redisReply *entry)
 {
     const redisReply *fields = entry->element[1];
     json_t *ev = json_object();
@@ -737,7 +735,7 @@ static json_t *event_json(const redisReply *entry)
     return ev;
 }
 
-static int event_well_formed(const redisReply *e)
+int http_event_well_formed(const redisReply *e)
 {
     return e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
            e->element[0]->type == REDIS_REPLY_STRING &&
@@ -760,13 +758,13 @@ static void on_session_events(struct store *st, redisReply *r, void *arg)
         const redisReply *e = r->element[i];
         const redisReply *sid;
 
-        if (!event_well_formed(e))
+        if (!http_event_well_formed(e))
             continue;
         sid = http_hash_get(e->element[1], "session");
         if (sid == NULL || sid->type != REDIS_REPLY_STRING ||
             strcmp(sid->str, s->sid) != 0)
             continue;
-        json_array_append_new(events, event_json(e));
+        json_array_append_new(events, http_event_json(e));
         credited_ms += http_reply_ll(http_hash_get(e->element[1],
                                                    "credited_ms"), 0);
     }
@@ -913,6 +911,12 @@ static const struct api_route routes[] = {
      AUTH_SCOPE_PLATFORM, AUTH_SCOPE_PLATFORM, 400, on_enrol},
     {{"learners", "*", "hours"}, EVHTTP_REQ_GET, "GET",
      AUTH_SCOPE_PLATFORM, AUTH_SCOPE_PLATFORM, 400, on_hours},
+    {{"learners", "*", "events"}, EVHTTP_REQ_GET, "GET",
+     AUTH_SCOPE_PLATFORM, AUTH_SCOPE_SUPERVISOR, 400, http_learner_events},
+    {{"learners", "*"}, EVHTTP_REQ_DELETE, "DELETE",
+     AUTH_SCOPE_PLATFORM, AUTH_SCOPE_PLATFORM, 400, http_learner_erase},
+    {{"reports", "hours"}, EVHTTP_REQ_GET, "GET",
+     AUTH_SCOPE_PLATFORM, AUTH_SCOPE_PLATFORM, 404, http_reports_hours},
     {{"flags"}, EVHTTP_REQ_GET, "GET",
      AUTH_SCOPE_SUPERVISOR, AUTH_SCOPE_SUPERVISOR, 404, http_flags_list},
     {{"flags", "*"}, EVHTTP_REQ_GET, "GET",

@@ -503,22 +503,27 @@ static void on_review_written(struct store *st, redisReply *r, void *arg)
 static void review_write(struct flag_call *c)
 {
     char key[FLAGS_KEYLEN], stream[FLAGS_KEYLEN], now[24], cap[24];
-    const char *argv[7];
+    char maxlen[24];
+    const char *argv[9];
 
     flag_key(c, key, sizeof(key));
     ledger_key(stream, sizeof(stream), c->learner, "stream");
     snprintf(now, sizeof(now), "%lld", (long long)core_now_ms());
     snprintf(cap, sizeof(cap), "%lld",
              (long long)c->call.core->cfg.policy.daily_cap_ms);
+    snprintf(maxlen, sizeof(maxlen), "%lld",
+             (long long)c->call.core->cfg.events_maxlen);
     argv[0] = key;
     argv[1] = stream;
-    argv[2] = c->decision;
-    argv[3] = c->call.claims.sub;
-    argv[4] = c->note != NULL ? c->note : "";
-    argv[5] = now;
-    argv[6] = cap;
+    argv[2] = LEDGER_EVENTS_KEY;
+    argv[3] = c->decision;
+    argv[4] = c->call.claims.sub;
+    argv[5] = c->note != NULL ? c->note : "";
+    argv[6] = now;
+    argv[7] = cap;
+    argv[8] = maxlen;
     if (ledger_run(c->call.core->store, LEDGER_REVIEW, on_review_written, c,
-                   2, 7, argv, NULL) != LEDGER_OK)
+                   3, 9, argv, NULL) != LEDGER_OK)
         flag_done(c, 503, "redis unavailable");
 }
 

@@ -1,29 +1,54 @@
 /* The ledger in Redis: key layout and the Lua scripts that write credit,
- * flags, reviews and enrolments atomically and idempotently. Every key
- * of one learner carries the hash tag {learner}, so each script touches
- * one cluster slot; the few global indexes are written beside them.
+ * verdicts, flags, reviews, enrolments and erasures atomically and
+ * idempotently. Every key of one learner carries the hash tag {learner},
+ * so each script's learner keys sit in one cluster slot; the few global
+ * indexes are written beside them.
  *
- *   pd:{L}:profile            hash  org, role (from the last Hello)
+ *   pd:{L}:profile            hash  org, role (from the last Hello),
+ *                                   erased_ms (the last erasure)
  *   pd:{L}:enrol              hash  model, emb (float32 LE), photo_sha256,
  *                                   enrolled_at_ms, org, box
  *   pd:{L}:stream             stream of every credit, verdict, flag,
- *                                   review and enrolment (field "type")
- *   pd:{L}:course:<C>         hash  total_ms, d:<YYYY-MM-DD> -> ms
+ *                                   review, enrolment, erasure and exam
+ *                                   result (field "type")
+ *   pd:{L}:course:<C>         hash  total_ms, d:<YYYY-MM-DD> -> ms,
+ *                                   flags_open, flags_confirmed
  *   pd:{L}:days               hash  <YYYY-MM-DD> -> ms over all courses
  *                                   (what the daily cap applies to)
  *   pd:{L}:session:<sid>      hash  course, org, started_ms, last_ms,
  *                                   c:<check> (commits done),
- *                                   f:<check> -> flag id (flags opened)
- *   pd:{L}:flag:<fid>         hash  the flag's fields (see SPEC, Flags)
+ *                                   f:<check> -> flag id (flags opened),
+ *                                   n:checks, n:matches, n:credited_ms,
+ *                                   n:flag:<kind> (the exam result's)
+ *   pd:{L}:flag:<fid>         hash  the flag's fields (see SPEC, Flags);
+ *                                   counted = 1 when the course's flag
+ *                                   counters include it
  *   pd:{L}:flags              zset  the learner's flag ids by opened ms
  *   pd:{L}:evidence:<eid>     string JPEG, expires after evidence_ttl
+ *   pd:{L}:evidence           set   evidence ids, for erasure; expires
+ *                                   after the last JPEG added
  *   pd:{L}:sigs               list  recent replay signatures, newest first
  *   pd:{L}:resume:<sid>       string course; expires after resume_window
  *   pd:flagindex              hash  flag id -> learner id
  *   pd:flags:all, pd:flags:open  zset  flag ids by opened ms
  *   pd:evidx:<eid>            string learner id (expires with the JPEG)
  *   pd:sid:<sid>              string learner id
- *   pd:org:{<O>}:learners     set   learners of an organisation
+ *   pd:org:{<O>}:learners     set   learners of an organisation (added at
+ *                                   enrolment and at every Hello)
+ *   pd:org:{<O>}:roster       zset  the same learners, all at score 0 for
+ *                                   paging by id; rebuilt from the set by
+ *                                   LEDGER_ROSTER when their sizes differ
+ *   pd:events                 stream every credit, flag, review, erasure
+ *                                   and exam result of every learner, for
+ *                                   platforms reading with consumer
+ *                                   groups; trimmed to about
+ *                                   redis.events_maxlen entries
+ *
+ * pd:events is declared among the KEYS of the scripts that write it, so
+ * the event and what it reports are written atomically. On Redis Cluster
+ * it lives in another slot than the learner's keys and those scripts
+ * would be refused (CROSSSLOT): scaling out needs one event stream per
+ * slot (pd:events:{<L>}-style) and consumers reading all of them.
  */
 #ifndef PROCTORD_LEDGER_H
 #define PROCTORD_LEDGER_H
@@ -38,12 +63,20 @@
 
 #define LEDGER_SIG_KEEP 16
 
+/* The stream of events out, read by platforms with consumer groups. */
+#define LEDGER_EVENTS_KEY "pd:events"
+
 enum ledger_script {
     LEDGER_HELLO,
     LEDGER_COMMIT,
     LEDGER_FLAG,
     LEDGER_REVIEW,
     LEDGER_ENROL,
+    LEDGER_VERDICT,
+    LEDGER_EVIDENCE,
+    LEDGER_EXAM,
+    LEDGER_ERASE,
+    LEDGER_ROSTER,
     LEDGER_SCRIPTS
 };
 
@@ -60,6 +93,15 @@ int ledger_run(struct store *st, enum ledger_script script,
  * does not fit. */
 int ledger_key(char *buf, size_t buflen, const char *learner,
                const char *suffix);
+
+/* Appends the exam_result event of session sid at now_ms (its checks,
+ * matches, flags by kind and credit, from the counters in its session
+ * hash) to the learner's stream and pd:events, trimmed to about
+ * events_maxlen. Nothing is written for a session Redis never saw.
+ * Returns LEDGER_ERR when the command could not be sent. */
+int ledger_exam_result(struct store *st, const char *learner,
+                       const char *sid, int64_t now_ms,
+                       long long events_maxlen);
 
 /* A random 128-bit id as 32 lower-case hex characters. */
 void ledger_random_id(char out[33]);

@@ -459,6 +459,49 @@ void session_enrolled(struct core *core, const char *learner,
         org_put(o, learner, emb, dim);
 }
 
+void session_erased(struct core *core, const char *learner)
+{
+    struct session_table *t = core->sessions;
+    struct session *s = find_learner(t, learner);
+    struct policy_decision d;
+    int64_t now = core_now_ms();
+    char check[40];
+
+    for (struct org_cache *o = t->orgs; o != NULL; o = o->next) {
+        for (int i = 0; i < o->n; i++) {
+            if (strcmp(o->entries[i].learner, learner) != 0)
+                continue;
+            free(o->entries[i].emb);
+            o->entries[i] = o->entries[--o->n];
+            break;
+        }
+    }
+    if (s == NULL)
+        return;
+    free(s->emb);
+    s->emb = NULL;
+    s->dim = 0;
+
+    /* A check being analysed would compare against the embedding just
+     * freed: a new serial makes its reply (and any other reply in
+     * flight for the session) find no session, and a new challenge
+     * follows at once, answered NOT_ENROLLED like the next ones.
+     * TODO: the snapshot being analysed gets no Verdict; its challenge
+     * id is not kept where this could answer it. */
+    if (s->analysing) {
+        s->serial = ++t->next_serial;
+        s->analysing = 0;
+        s->challenge_id = 0;
+        s->next_challenge_ms = now;
+    }
+
+    /* Crediting waits for a match against a new enrolment, as after a
+     * resume; the provisional time stays for that match to commit. */
+    policy_on_resume(&core->cfg.policy, &s->pol, now, &d);
+    snprintf(check, sizeof(check), "e%lld", (long long)now);
+    credit_apply(core, s, &d, check, NULL, 0, NULL);
+}
+
 /* ---------------------------------------------------------------------
  * Hello, resume and take-over
  * ------------------------------------------------------------------ */
@@ -500,7 +543,8 @@ static void apply_hello_reply(struct core *core, struct session *s,
     }
     store_command(core->store, NULL, NULL, "SET pd:sid:%s %s", s->id,
                   s->claims.sub);
-    if (s->claims.org[0] != '\0' && s->emb != NULL)
+    /* Reports list every learner of the organisation, enrolled or not. */
+    if (s->claims.org[0] != '\0')
         store_command(core->store, NULL, NULL,
                       "SADD pd:org:{%s}:learners %s", s->claims.org,
                       s->claims.sub);
@@ -547,6 +591,9 @@ static void take_over(struct core *core, struct session *old,
         credit_flag(core, old, POLICY_FLAG_CONCURRENT_SESSION,
                     policy_provisional_ms(&old->pol), check, now);
     }
+    if (old->exam && !same_session)
+        ledger_exam_result(core->store, old->claims.sub, old->id, now,
+                           core->cfg.events_maxlen);
     unlink_session(core->sessions, old);
     free_session(old);
 }
@@ -712,6 +759,10 @@ static void on_closed(struct core *core, struct session *s)
                     (long long)policy_provisional_ms(&s->pol));
     log_verbose("msg=\"session closed\" session=%s learner=%s", s->id,
                 s->claims.sub);
+    /* A resumed exam writes another result later; the last one stands. */
+    if (s->exam)
+        ledger_exam_result(core->store, s->claims.sub, s->id, core_now_ms(),
+                           core->cfg.events_maxlen);
     unlink_session(core->sessions, s);
     free_session(s);
 }

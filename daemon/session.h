@@ -33,4 +33,10 @@ void session_enrolled(struct core *core, const char *learner,
                       const char *org, const char *model, const float *emb,
                       int dim);
 
+/* A learner's biometric data was erased: a live session drops its
+ * embedding (its checks are answered NOT_ENROLLED until the learner
+ * enrols again, and nothing is credited before a match against the new
+ * enrolment) and the organisations' caches forget the learner. */
+void session_erased(struct core *core, const char *learner);
+
 #endif

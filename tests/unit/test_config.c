@@ -89,11 +89,13 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.http_timeout_ms, 10000);
     assert_int_equal(cfg.http_max_body, 4 * 1024 * 1024);
     assert_int_equal(cfg.shutdown_timeout_ms, 4000);
+    assert_string_equal(cfg.console_dir, "web/console");
     assert_string_equal(cfg.redis_address, "embedded");
     assert_string_equal(cfg.redis_data_dir, "var/redis");
     assert_string_equal(cfg.redis_server, "redis-server");
     assert_int_equal(cfg.redis_cluster, 0);
     assert_int_equal(cfg.commit_buffer, 10000);
+    assert_int_equal(cfg.events_maxlen, 1000000);
     assert_string_equal(cfg.jwt_secret, "");
     assert_int_equal(cfg.jwt_leeway_ms, 30000);
     assert_int_equal(cfg.log_level, LOG_NOTICE);
