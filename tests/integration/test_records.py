@@ -719,6 +719,12 @@ def test_erasure_keeps_the_ledger_and_needs_a_new_enrolment(daemon_factory,
                       supervisor_token())[0] == 200
         assert redis.cli("SISMEMBER", tag + "evidence", eid) == "1"
         assert int(redis.cli("LLEN", tag + "sigs")) > 0
+        # Every evidence key expires by itself.
+        ev_keys = redis.cli("--scan", "--pattern", "pd:*evid*").split()
+        assert tag + "evidence:" + eid in ev_keys
+        for key in ev_keys:
+            if key != tag + "evidence":
+                assert int(redis.cli("PTTL", key)) > 0, key
         before = hours(d, "er-1")
         assert before["credited_seconds"] >= 1
 
@@ -730,6 +736,12 @@ def test_erasure_keeps_the_ledger_and_needs_a_new_enrolment(daemon_factory,
         assert body["recorded"] is True
         for key in ("enrol", "sigs", "evidence", "evidence:" + eid):
             assert redis.cli("EXISTS", tag + key) == "0", key
+        # Nothing biometric of the learner is left anywhere in Redis.
+        left = redis.cli("--scan", "--pattern", "pd:{er-1}:*").split()
+        assert not [k for k in left
+                    if k.startswith((tag + "enrol", tag + "sigs",
+                                     tag + "evidence"))], left
+        assert redis.cli("--scan", "--pattern", "pd:evidx:*").split() == []
         assert redis.cli("EXISTS", "pd:evidx:" + eid) == "0"
         assert d.http("GET", "/v1/evidence/" + eid,
                       supervisor_token())[0] == 404
