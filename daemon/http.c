@@ -270,6 +270,9 @@ static void on_request(struct evhttp_request *req, void *arg)
         on_metrics(h->core, req);
         return;
     }
+    if (strncmp(path, "/console", 8) == 0 &&
+        http_console_route(h->core, req, path) == HTTP_HANDLED)
+        return;
     if (http_api_route(h->core, req, path) == HTTP_HANDLED)
         return;
     http_reply_error(req, 404, "no such resource");
@@ -309,8 +312,8 @@ struct http *http_new(struct core *core, char *err, size_t errlen)
     evhttp_set_timeout_tv(h->evh, &tv);
     evhttp_set_max_body_size(h->evh, (ev_ssize_t)core->cfg.http_max_body);
     evhttp_set_max_headers_size(h->evh, 16384);
-    evhttp_set_allowed_methods(h->evh, EVHTTP_REQ_GET | EVHTTP_REQ_PUT |
-                                           EVHTTP_REQ_POST |
+    evhttp_set_allowed_methods(h->evh, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD |
+                                           EVHTTP_REQ_PUT | EVHTTP_REQ_POST |
                                            EVHTTP_REQ_DELETE);
     evhttp_set_gencb(h->evh, on_request, h);
     return h;
