@@ -19,6 +19,7 @@
 #define SESSION_BUCKETS 65536
 #define ORG_CACHE_MAX 5000
 #define HELLO_DEADLINE_MS 2000
+#define PARKED_MAX 100000
 
 /* An organisation's enrolled embeddings, for the shared_face check. */
 struct org_entry {
@@ -42,6 +43,11 @@ struct session_table {
     size_t count;
     uint64_t next_serial;
     struct org_cache *orgs;
+    /* Closed sessions with unconfirmed time, kept for resume_window so a
+     * learner whose network dropped keeps that time if the next check
+     * matches (chained by next_conn, newest first). */
+    struct session *parked;
+    size_t nparked;
     int32_t offset_s;           /* policy.timezone's offset, cached */
     int64_t offset_until_ms;
 };
@@ -160,6 +166,11 @@ void session_table_free(struct session_table *t)
             free_session(s);
             s = next;
         }
+    }
+    while (t->parked != NULL) {
+        struct session *next = t->parked->next_conn;
+        free_session(t->parked);
+        t->parked = next;
     }
     free_orgs(t->orgs);
     free(t);
@@ -503,6 +514,59 @@ void session_erased(struct core *core, const char *learner)
 }
 
 /* ---------------------------------------------------------------------
+ * Sessions parked after a close, for a resume
+ * ------------------------------------------------------------------ */
+
+/* Keeps a closed session's policy state for a resume, or frees it. */
+static void park(struct session_table *t, struct session *s, int64_t now)
+{
+    if (policy_provisional_ms(&s->pol) <= 0 || t->nparked >= PARKED_MAX) {
+        free_session(s);
+        return;
+    }
+    free(s->emb);
+    s->emb = NULL;
+    s->last_seen_ms = now;
+    s->next_conn = t->parked;
+    t->parked = s;
+    t->nparked++;
+}
+
+/* Takes the parked session id of learner out of the list, or NULL. */
+static struct session *unpark(struct session_table *t, const char *id,
+                              const char *learner)
+{
+    struct session **p = &t->parked;
+
+    for (; *p != NULL; p = &(*p)->next_conn) {
+        struct session *s = *p;
+        if (strcmp(s->id, id) == 0 && strcmp(s->claims.sub, learner) == 0) {
+            *p = s->next_conn;
+            t->nparked--;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static void expire_parked(struct session_table *t, int64_t now,
+                          int64_t window)
+{
+    struct session **p = &t->parked;
+
+    while (*p != NULL) {
+        struct session *s = *p;
+        if (now - s->last_seen_ms > window) {
+            *p = s->next_conn;
+            t->nparked--;
+            free_session(s);
+        } else {
+            p = &s->next_conn;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------
  * Hello, resume and take-over
  * ------------------------------------------------------------------ */
 
@@ -677,9 +741,17 @@ static void on_hello(struct core *core, struct net_event *ev)
                              &d);
 
     old = find_learner(t, s->claims.sub);
-    if (old != NULL)
+    if (old != NULL) {
         take_over(core, old, s, ev->received_ms,
                   strcmp(old->id, resume) == 0);
+    } else if (resume[0] != '\0' &&
+               (old = unpark(t, resume, s->claims.sub)) != NULL) {
+        /* The same session back after a drop: its unconfirmed time
+         * waits for the fresh match, as in a take-over by itself. */
+        s->pol = old->pol;
+        policy_on_resume(&core->cfg.policy, &s->pol, ev->received_ms, &d);
+        free_session(old);
+    }
     insert(t, s);
     load_org(core, s->claims.org);
     start_hello(core, s, resume);
@@ -764,7 +836,7 @@ static void on_closed(struct core *core, struct session *s)
         ledger_exam_result(core->store, s->claims.sub, s->id, core_now_ms(),
                            core->cfg.events_maxlen);
     unlink_session(core->sessions, s);
-    free_session(s);
+    park(core->sessions, s, core_now_ms());
 }
 
 void session_handle(struct core *core, struct net_event *ev)
@@ -834,6 +906,7 @@ void session_tick(struct core *core)
     char check[40];
 
     snprintf(check, sizeof(check), "t%lld", (long long)now);
+    expire_parked(t, now, core->cfg.policy.resume_window_ms);
     for (size_t i = 0; i < SESSION_BUCKETS; i++) {
         struct session *s = t->by_conn[i];
 

@@ -388,3 +388,28 @@ def test_absence_opens_no_face_flag_with_evidence(daemon_factory):
         assert status == 200 and jpeg == empty
         assert hours(d, "learner-1")["credited_seconds"] == 0
     run(scenario())
+
+
+def test_network_drop_keeps_unconfirmed_time_for_a_resume(daemon_factory):
+    d = daemon_factory(FAST)
+    enrol(d, "learner-1", A[0])
+
+    async def scenario():
+        c = await verified(d)
+        spent = await study(c, 3.0)
+        sid = c.welcome.session_id
+        await c.ws.close()              # the network drops
+        await asyncio.sleep(0.5)
+        c = await Learner.connect(d)
+        w = await c.hello(learner_token(), resume=sid)
+        assert w.session_id == sid
+        ch = await c.expect("challenge")
+        await c.snapshot(face(A[2]), ch.challenge_id)
+        v = await c.expect("verdict")
+        assert v.outcome == pb.MATCH
+        st = await c.expect("status")
+        h = hours(d, "learner-1")
+        assert abs(h["credited_seconds"] - spent) <= 1.0, (h, spent)
+        assert st.credited_s == h["credited_seconds"]
+        await c.close()
+    run(scenario())
