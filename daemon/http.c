@@ -40,7 +40,8 @@ struct health_probe {
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 {
     struct evbuffer *out = evbuffer_new();
-    char *text = json_dumps(body, JSON_COMPACT);
+    /* Fifteen digits print 1.99 as 1.99, not 1.9899999999999999. */
+    char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
 
     evhttp_add_header(evhttp_request_get_output_headers(req),
                       "Content-Type", "application/json");

@@ -84,24 +84,12 @@ static struct evhttp_request *call_take(struct http_call *c)
 void http_call_reply(struct http_call *c, int code, json_t *body)
 {
     struct evhttp_request *req = call_take(c);
-    struct evbuffer *out;
-    char *text;
 
     if (req == NULL) {
         json_decref(body);
         return;
     }
-    /* Fifteen digits print 1.99 as 1.99, not 1.9899999999999999. */
-    text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
-    out = evbuffer_new();
-    evhttp_add_header(evhttp_request_get_output_headers(req),
-                      "Content-Type", "application/json");
-    if (text != NULL)
-        evbuffer_add(out, text, strlen(text));
-    evhttp_send_reply(req, code, NULL, out);
-    evbuffer_free(out);
-    free(text);
-    json_decref(body);
+    http_reply_json(req, code, body);
 }
 
 void http_call_error(struct http_call *c, int code, const char *why)
