@@ -34,6 +34,8 @@
 struct store_script {
     const char *source;
     char sha[41];
+    int loaded;                 /* SCRIPT LOAD answered on this link */
+    int loading;                /* a SCRIPT LOAD is on its way */
 };
 
 struct store {
@@ -306,11 +308,39 @@ static void set_up(struct store *st, int up)
         st->state_cb(st, up, st->state_arg);
 }
 
+static void on_script_loaded(redisAsyncContext *ac, void *r, void *arg)
+{
+    struct store *st = ac->data;
+    redisReply *reply = r;
+    struct store_script *s = arg;
+
+    s->loading = 0;
+    /* A Redis still loading its AOF refuses SCRIPT LOAD; until one is
+     * confirmed, store_script() sends the whole source with EVAL. */
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING &&
+        strcmp(reply->str, s->sha) == 0) {
+        s->loaded = 1;
+        return;
+    }
+    log_verbose("msg=\"SCRIPT LOAD refused; using EVAL\" address=%s "
+                "error=\"%s\"", st->address,
+                reply != NULL && reply->str != NULL ? reply->str : "lost");
+}
+
+static void load_script(struct store *st, struct store_script *s)
+{
+    s->loaded = 0;
+    if (s->loading)
+        return;
+    s->loading = 1;
+    redisAsyncCommand(st->ac, on_script_loaded, s, "SCRIPT LOAD %s",
+                      s->source);
+}
+
 static void load_scripts(struct store *st)
 {
     for (int i = 0; i < st->nscripts; i++)
-        redisAsyncCommand(st->ac, NULL, NULL, "SCRIPT LOAD %s",
-                          st->scripts[i].source);
+        load_script(st, &st->scripts[i]);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -457,6 +487,11 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     metrics_add(redis_latency_count, 1);
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
         metrics_add(redis_errors, 1);
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        for (int i = 0; i < call->st->nscripts; i++)
+            call->st->scripts[i].loaded = 0;
+    }
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
         log_warning("msg=\"redis error\" error=\"%.*s\"", (int)reply->len,
                     reply->str);
@@ -534,14 +569,15 @@ int store_script_add(struct store *st, const char *source)
     for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
         snprintf(s->sha + 2 * i, 3, "%02x", digest[i]);
     if (st->ac != NULL && st->up)
-        redisAsyncCommand(st->ac, NULL, NULL, "SCRIPT LOAD %s", source);
+        load_script(st, s);
     return st->nscripts++;
 }
 
-/* Scripts are loaded first thing on every connection, and Redis answers
- * a connection's commands in order, so EVALSHA finds them; a NOSCRIPT
- * (someone ran SCRIPT FLUSH) reaches the caller as an error reply and
- * is retried like any failed write. */
+/* Scripts are loaded first thing on every connection; once Redis has
+ * confirmed one, EVALSHA saves sending its source each time, and before
+ * that (or when the load was refused) EVAL sends it whole. A NOSCRIPT
+ * after a SCRIPT FLUSH reaches the caller as an error reply, is retried
+ * like any failed write, and reloads the script. */
 int store_script(struct store *st, int script, store_reply_cb cb,
                  void *arg, int nkeys, int argc, const char **argv,
                  const size_t *lens)
@@ -553,11 +589,18 @@ int store_script(struct store *st, int script, store_reply_cb cb,
     if (script < 0 || script >= st->nscripts || argc + 3 > 64)
         return STORE_ERR;
     snprintf(nkeys_buf, sizeof(nkeys_buf), "%d", nkeys);
-    full[0] = "EVALSHA";
-    full[1] = st->scripts[script].sha;
+    if (st->scripts[script].loaded) {
+        full[0] = "EVALSHA";
+        full[1] = st->scripts[script].sha;
+    } else {
+        full[0] = "EVAL";
+        full[1] = st->scripts[script].source;
+        if (st->ac != NULL && st->up)
+            load_script(st, &st->scripts[script]);
+    }
     full[2] = nkeys_buf;
-    full_lens[0] = 7;
-    full_lens[1] = 40;
+    full_lens[0] = strlen(full[0]);
+    full_lens[1] = strlen(full[1]);
     full_lens[2] = strlen(nkeys_buf);
     for (int i = 0; i < argc; i++) {
         full[i + 3] = argv[i];
