@@ -203,7 +203,7 @@ static void send_flag(struct core *core, struct session *s,
     char skey[320], fkey[320], zkey[200], stream[200], sess[64], fsuf[64];
     char ckey[320], fid[33], fcheck[64], opened[24], withheld[24];
     char day_s[16], maxlen[24];
-    const char *argv[18];
+    const char *argv[21];
 
     ledger_random_id(fid);
     snprintf(sess, sizeof(sess), "session:%s", s->id);
@@ -227,31 +227,28 @@ static void send_flag(struct core *core, struct session *s,
     argv[3] = stream;
     argv[4] = ckey;
     argv[5] = LEDGER_EVENTS_KEY;
-    argv[6] = fcheck;
-    argv[7] = fid;
-    argv[8] = policy_flag_name(kind);
-    argv[9] = s->claims.sub;
-    argv[10] = s->claims.org;
-    argv[11] = s->claims.course;
-    argv[12] = s->id;
-    argv[13] = opened;
-    argv[14] = evidence;
-    argv[15] = withheld;
-    argv[16] = day_s;
-    argv[17] = maxlen;
-    if (ledger_run(core->store, LEDGER_FLAG, NULL, NULL, 6, 18, argv,
+    argv[6] = "pd:flagindex";
+    argv[7] = "pd:flags:all";
+    argv[8] = "pd:flags:open";
+    argv[9] = fcheck;
+    argv[10] = fid;
+    argv[11] = policy_flag_name(kind);
+    argv[12] = s->claims.sub;
+    argv[13] = s->claims.org;
+    argv[14] = s->claims.course;
+    argv[15] = s->id;
+    argv[16] = opened;
+    argv[17] = evidence;
+    argv[18] = withheld;
+    argv[19] = day_s;
+    argv[20] = maxlen;
+    if (ledger_run(core->store, LEDGER_FLAG, NULL, NULL, 9, 21, argv,
                    NULL) != LEDGER_OK) {
         log_warning("msg=\"flag not written: Redis down\" session=%s "
                     "learner=%s kind=%s", s->id, s->claims.sub,
                     policy_flag_name(kind));
         return;
     }
-    store_command(core->store, NULL, NULL, "HSET pd:flagindex %s %s", fid,
-                  s->claims.sub);
-    store_command(core->store, NULL, NULL, "ZADD pd:flags:all %s %s", opened,
-                  fid);
-    store_command(core->store, NULL, NULL, "ZADD pd:flags:open %s %s",
-                  opened, fid);
     metrics_add(flags_opened, 1);
     log_notice("msg=\"flag opened\" flag=%s kind=%s learner=%s session=%s "
                "withheld_ms=%lld", fid, policy_flag_name(kind),

@@ -76,7 +76,9 @@ static const char COMMIT_LUA[] =
     "        already + add, 0}\n";
 
 /* KEYS: session hash, flag hash, learner's flag zset, stream, course
- *       hash, pd:events.
+ *       hash, pd:events, pd:flagindex, pd:flags:all, pd:flags:open (the
+ *       last four are global: on Redis Cluster they sit in other slots,
+ *       like pd:events).
  * ARGV: check id, flag id, kind, learner, org, course, sid, opened ms,
  *       evidence ids (comma separated), withheld ms, day, events maxlen.
  * Returns {flag id, 1 if it existed already}. The course's flags_open
@@ -92,6 +94,9 @@ static const char FLAG_LUA[] =
     "  'withheld_ms', ARGV[10], 'day', ARGV[11], 'status', 'open',\n"
     "  'counted', '1')\n"
     "redis.call('ZADD', KEYS[3], ARGV[8], ARGV[2])\n"
+    "redis.call('HSET', KEYS[7], ARGV[2], ARGV[4])\n"
+    "redis.call('ZADD', KEYS[8], ARGV[8], ARGV[2])\n"
+    "redis.call('ZADD', KEYS[9], ARGV[8], ARGV[2])\n"
     "redis.call('HINCRBY', KEYS[5], 'flags_open', 1)\n"
     "local id = redis.call('XADD', KEYS[4], '*', 'type', 'flag',\n"
     "  'flag', ARGV[2], 'kind', ARGV[3], 'session', ARGV[7],\n"
@@ -308,14 +313,24 @@ static const char ROSTER_LUA[] =
     "return redis.call('ZRANGE', KEYS[2], ARGV[1], '+', 'BYLEX', 'LIMIT',\n"
     "                  0, ARGV[2])\n";
 
-static int handles[LEDGER_SCRIPTS] = {-1, -1, -1, -1, -1,
-                                      -1, -1, -1, -1, -1};
+/* KEYS: resume keys of live sessions.
+ * ARGV: resume_window ms, then each key's course.
+ * One call keeps a batch of sessions resumable, so the refresh costs a
+ * round trip per batch rather than one per session. */
+static const char REFRESH_LUA[] =
+    "for i, k in ipairs(KEYS) do\n"
+    "  redis.call('SET', k, ARGV[i + 1], 'PX', ARGV[1])\n"
+    "end\n"
+    "return #KEYS\n";
+
+static int handles[LEDGER_SCRIPTS];
 
 int ledger_init(struct store *st)
 {
     static const char *const sources[LEDGER_SCRIPTS] = {
         HELLO_LUA,   COMMIT_LUA, FLAG_LUA,  REVIEW_LUA, ENROL_LUA,
         VERDICT_LUA, EVIDENCE_LUA, EXAM_LUA, ERASE_LUA, ROSTER_LUA,
+        REFRESH_LUA,
     };
 
     for (int i = 0; i < LEDGER_SCRIPTS; i++) {

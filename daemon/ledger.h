@@ -77,8 +77,12 @@ enum ledger_script {
     LEDGER_EXAM,
     LEDGER_ERASE,
     LEDGER_ROSTER,
+    LEDGER_REFRESH,
     LEDGER_SCRIPTS
 };
+
+/* Resume keys refreshed by one LEDGER_REFRESH call at most. */
+#define LEDGER_REFRESH_BATCH 30
 
 /* Registers the scripts with the store (once, at start-up). */
 int ledger_init(struct store *st);

@@ -761,19 +761,6 @@ static void on_hello(struct core *core, struct net_event *ev)
  * Messages after Hello
  * ------------------------------------------------------------------ */
 
-static void touch_resume(struct core *core, struct session *s)
-{
-    int64_t window = core->cfg.policy.resume_window_ms;
-
-    /* Refreshing at a quarter of the window keeps the key alive with a
-     * write every few heartbeats instead of one per heartbeat. */
-    if (s->last_seen_ms - s->resume_touched_ms < window / 4)
-        return;
-    s->resume_touched_ms = s->last_seen_ms;
-    store_command(core->store, NULL, NULL, "SET pd:{%s}:resume:%s %s PX %lld",
-                  s->claims.sub, s->id, s->claims.course, (long long)window);
-}
-
 static void on_heartbeat(struct core *core, struct session *s,
                          Proctor__V1__Heartbeat *hb, int64_t now)
 {
@@ -792,7 +779,6 @@ static void on_heartbeat(struct core *core, struct session *s,
                         cached_offset(core->sessions, now), &d);
     if (d.accrued_ms > 0)
         s->last_active_ms = now;
-    touch_resume(core, s);
     snprintf(check, sizeof(check), "h%lld", (long long)now);
     credit_apply(core, s, &d, check, NULL, 0, NULL);
 }
@@ -897,8 +883,52 @@ static void update_suspension(struct core *core, struct session *s,
     }
 }
 
+/* Keeps live sessions resumable (after a crash too): each resume key is
+ * rewritten at a quarter of its window, a batch of them per round trip. */
+struct refresh_batch {
+    char keys[LEDGER_REFRESH_BATCH][320];
+    const char *courses[LEDGER_REFRESH_BATCH];
+    char ttl[24];
+    int n;
+};
+
+static void refresh_flush(struct core *core, struct refresh_batch *b)
+{
+    const char *argv[2 * LEDGER_REFRESH_BATCH + 1];
+
+    if (b->n == 0)
+        return;
+    for (int i = 0; i < b->n; i++) {
+        argv[i] = b->keys[i];
+        argv[b->n + 1 + i] = b->courses[i];
+    }
+    argv[b->n] = b->ttl;
+    ledger_run(core->store, LEDGER_REFRESH, NULL, NULL, b->n, 2 * b->n + 1,
+               argv, NULL);
+    b->n = 0;
+}
+
+static void refresh_resume(struct core *core, struct refresh_batch *b,
+                           struct session *s, int64_t now)
+{
+    char suffix[64];
+
+    if (now - s->resume_touched_ms < core->cfg.policy.resume_window_ms / 4 ||
+        !store_is_up(core->store))
+        return;
+    s->resume_touched_ms = now;
+    snprintf(suffix, sizeof(suffix), "resume:%s", s->id);
+    if (ledger_key(b->keys[b->n], sizeof(b->keys[b->n]), s->claims.sub,
+                   suffix) != LEDGER_OK)
+        return;
+    b->courses[b->n++] = s->claims.course;
+    if (b->n == LEDGER_REFRESH_BATCH)
+        refresh_flush(core, b);
+}
+
 void session_tick(struct core *core)
 {
+    static struct refresh_batch batch;
     struct session_table *t = core->sessions;
     int64_t now = core_now_ms();
     int32_t offset = cached_offset(t, now);
@@ -907,6 +937,8 @@ void session_tick(struct core *core)
 
     snprintf(check, sizeof(check), "t%lld", (long long)now);
     expire_parked(t, now, core->cfg.policy.resume_window_ms);
+    snprintf(batch.ttl, sizeof(batch.ttl), "%lld",
+             (long long)core->cfg.policy.resume_window_ms);
     for (size_t i = 0; i < SESSION_BUCKETS; i++) {
         struct session *s = t->by_conn[i];
 
@@ -928,8 +960,10 @@ void session_tick(struct core *core)
                     credit_apply(core, s, &d, check, NULL, 0, NULL);
                 challenge_tick(core, s, now);
                 credit_retry(core, s);
+                refresh_resume(core, &batch, s, now);
             }
             s = next;
         }
     }
+    refresh_flush(core, &batch);
 }

@@ -21,6 +21,9 @@ FAST = {
     "policy.idle_after": "2s",
     "policy.absent_after": "3s",
     "policy.resume_window": "1m",
+    # No liveness challenges: these scenarios answer with one photo (the
+    # bursts of action challenges are tested in test_liveness.py).
+    "policy.liveness_share": "0",
 }
 
 A = ["lfw/Colin_Powell/Colin_Powell_%04d.jpg" % i for i in range(1, 11)]
@@ -413,3 +416,30 @@ def test_network_drop_keeps_unconfirmed_time_for_a_resume(daemon_factory):
         assert st.credited_s == h["credited_seconds"]
         await c.close()
     run(scenario())
+
+
+def test_live_session_stays_resumable_past_its_window(daemon_factory):
+    """The resume key of a live session is refreshed while it lives, so a
+    session older than resume_window is still resumed after a crash."""
+    d = daemon_factory(dict(FAST, **{"policy.resume_window": "4s"}))
+
+    async def first():
+        c = await Learner.connect(d)
+        w = await c.hello(learner_token(sub="long-1"))
+        t0 = time.time()
+        while time.time() - t0 < 6.0:
+            await c.heartbeat()
+            await c.expect("status")
+            await asyncio.sleep(0.5)
+        return w.session_id
+
+    sid = run(first())
+    d.stop(signal.SIGKILL)
+    d.start()
+
+    async def again():
+        c = await Learner.connect(d)
+        w = await c.hello(learner_token(sub="long-1"), resume=sid)
+        assert w.session_id == sid
+        await c.close()
+    run(again())
