@@ -1,8 +1,10 @@
 /* Calibration of the vision module on the shared photographs: detection
  * misses, genuine and impostor cosine scores with the accept rates at fixed
  * false-accept rates, faces counted in group photos, the replay signature's
- * margins and per-stage times. It uses only vision.h, so it measures the
- * daemon's own pipeline; it writes nothing but its report on stdout. */
+ * margins and per-stage times; with --liveness, the quality gate's pass and
+ * catch rates and the liveness checks on the video and on warped photos.
+ * It uses only vision.h, so it measures the daemon's own pipeline; it
+ * writes nothing but its report on stdout. */
 
 #include <dirent.h>
 #include <errno.h>
@@ -22,6 +24,8 @@ struct sample {
     char id[64];
     char path[PATH_MAX];
     struct vision_result r;
+    uint8_t *jpg;               /* video frames: the JPEG, owned */
+    size_t jlen;
 };
 
 struct sample_set {
@@ -392,7 +396,8 @@ static int load_video(struct vision_worker *w, const char *path,
         if (vision_transcode(ppm, plen, 1.0, 90, &jpg, &jlen, NULL, 0) == 0) {
             snprintf(frames[n].path, PATH_MAX, "frame %d", n);
             vision_analyze(w, jpg, jlen, &frames[n].r);
-            free(jpg);
+            frames[n].jpg = jpg;
+            frames[n].jlen = jlen;
             n++;
         }
         free(ppm);
@@ -557,6 +562,658 @@ static void report_named_times(const struct sample_set *set)
 }
 
 /* ------------------------------------------------------------------------
+ * Quality gate: pass rates on the real photos and frames, catch rates on
+ * darkened, flattened, blurred and shrunk copies of them
+ * --------------------------------------------------------------------- */
+
+struct variant {
+    const char *name;
+    struct vision_edit edit;
+    int must_catch;             /* counted in the catch rate */
+};
+
+static const struct variant variants[] = {
+    {"dark x0.15", {.gain = 0.15}, 1},
+    {"dark x0.3", {.gain = 0.3}, 0},
+    {"contrast x0.2", {.contrast = 0.2}, 1},
+    {"contrast x0.35", {.contrast = 0.35}, 0},
+    {"blur sigma 4", {.blur_sigma = 4}, 1},
+    {"blur sigma 6", {.blur_sigma = 6}, 1},
+    {"blur sigma 2", {.blur_sigma = 2}, 0},
+    {"blur sigma 1", {.blur_sigma = 1}, 0},
+    {"shrunk x0.25", {.scale = 0.25}, 1},
+    {"jpeg q15", {.quality = 15}, 0},
+};
+
+#define NVARIANTS (sizeof(variants) / sizeof(variants[0]))
+#define NQUALITY 6
+
+/* What the daemon would answer for r against the genuine embedding ref. */
+enum gate_class { G_BAD, G_LOW, G_NOFACE, G_MATCH, G_MISMATCH, G_NCLASS };
+
+struct gate_tally {
+    int n;
+    int cls[G_NCLASS];
+    int hint[NQUALITY];
+    int mismatch_ungated;       /* a face, under the threshold, gate or not */
+    struct scores bright, contrast, sharp, brisque, width;
+};
+
+static enum gate_class classify(const struct vision_result *r,
+                                const float *ref, float t)
+{
+    if (r->status != VISION_OK)
+        return G_BAD;
+    if (r->quality != VISION_QUALITY_OK)
+        return G_LOW;
+    if (r->faces == 0 || r->dim == 0)
+        return G_NOFACE;
+    return vision_similarity(r->embedding, ref, r->dim) >= t ? G_MATCH
+                                                               : G_MISMATCH;
+}
+
+static void tally_add(struct gate_tally *g, const struct vision_result *r,
+                      const float *ref, float t)
+{
+    enum gate_class c = classify(r, ref, t);
+
+    if (getenv("CALIBRATE_VERBOSE") &&
+        (ref == r->embedding ? c != G_MATCH : c != G_LOW))
+        printf("      %s: faces %d q %d bright %.1f contrast %.1f sharp "
+               "%.1f brisque %.1f width %.0f cos %.3f\n",
+               c == G_LOW ? "LOW" : c == G_NOFACE ? "NO_FACE"
+               : c == G_MATCH ? "MATCH" : c == G_BAD ? "BAD" : "MISMATCH",
+               r->faces, r->quality, r->brightness, r->contrast,
+               r->sharpness, r->brisque, r->box[2],
+               r->dim ? vision_similarity(r->embedding, ref, r->dim) : 0);
+    g->n++;
+    g->cls[c]++;
+    if (c == G_LOW && r->quality < NQUALITY)
+        g->hint[r->quality]++;
+    if (r->status == VISION_OK && r->dim > 0 &&
+        vision_similarity(r->embedding, ref, r->dim) < t)
+        g->mismatch_ungated++;
+    if (r->status != VISION_OK || r->faces == 0)
+        return;
+    scores_add(&g->bright, r->brightness);
+    scores_add(&g->contrast, r->contrast);
+    scores_add(&g->sharp, r->sharpness);
+    if (r->brisque >= 0)
+        scores_add(&g->brisque, r->brisque);
+    scores_add(&g->width, r->box[2]);
+}
+
+static float quantile(struct scores *sc, double q)
+{
+    size_t k;
+
+    if (sc->n == 0)
+        return NAN;
+    scores_sort(sc);
+    k = (size_t)floor(q * (double)(sc->n - 1) + 0.5);
+    return sc->v[k];
+}
+
+static double pct(int a, int n)
+{
+    return n ? 100.0 * a / n : 0;
+}
+
+static void print_metric(const char *what, struct scores *sc)
+{
+    if (sc->n == 0)
+        return;
+    printf("      %-10s min %7.1f  p1 %7.1f  p50 %7.1f  p99 %7.1f  "
+           "max %7.1f\n", what, quantile(sc, 0), quantile(sc, 0.01),
+           quantile(sc, 0.5), quantile(sc, 0.99), quantile(sc, 1));
+}
+
+static void tally_print(const char *set, const char *what,
+                        struct gate_tally *g)
+{
+    printf("  %-12s %-15s n %4d  LOW_QUALITY %6.2f%% (dark %d, contrast %d, "
+           "blurry %d, small %d, brisque %d)  NO_FACE %d  MATCH %d  "
+           "MISMATCH %d  [no gate: MISMATCH %d]  BAD %d\n", set, what, g->n,
+           pct(g->cls[G_LOW], g->n), g->hint[VISION_QUALITY_TOO_DARK],
+           g->hint[VISION_QUALITY_LOW_CONTRAST],
+           g->hint[VISION_QUALITY_BLURRY],
+           g->hint[VISION_QUALITY_FACE_TOO_SMALL],
+           g->hint[VISION_QUALITY_POOR_IMAGE], g->cls[G_NOFACE],
+           g->cls[G_MATCH], g->cls[G_MISMATCH], g->mismatch_ungated,
+           g->cls[G_BAD]);
+    print_metric("brightness", &g->bright);
+    print_metric("contrast", &g->contrast);
+    print_metric("sharpness", &g->sharp);
+    print_metric("brisque", &g->brisque);
+    print_metric("face width", &g->width);
+}
+
+static void tally_free(struct gate_tally *g)
+{
+    free(g->bright.v);
+    free(g->contrast.v);
+    free(g->sharp.v);
+    free(g->brisque.v);
+    free(g->width.v);
+}
+
+/* The sample's bytes: the frame's JPEG, or the file. Caller frees. */
+static int sample_bytes(const struct sample *s, uint8_t **buf, size_t *len)
+{
+    if (s->jpg != NULL) {
+        *buf = malloc(s->jlen);
+        if (*buf == NULL)
+            return -1;
+        memcpy(*buf, s->jpg, s->jlen);
+        *len = s->jlen;
+        return 0;
+    }
+    return read_all(s->path, buf, len);
+}
+
+static void report_gate_set(struct vision_worker *w, const char *name,
+                            const struct sample *s, int n, float t,
+                            int *caught, int *must)
+{
+    struct gate_tally orig = {0}, var[NVARIANTS];
+
+    memset(var, 0, sizeof(var));
+    for (int i = 0; i < n; i++) {
+        uint8_t *data, *jpg;
+        size_t len, jlen;
+
+        tally_add(&orig, &s[i].r, s[i].r.embedding, t);
+        if (s[i].r.dim == 0 || sample_bytes(&s[i], &data, &len) < 0)
+            continue;
+        for (size_t v = 0; v < NVARIANTS; v++) {
+            struct vision_result r;
+
+            if (vision_edit(data, len, &variants[v].edit, &jpg, &jlen, NULL,
+                            0) != VISION_OK)
+                continue;
+            vision_analyze(w, jpg, jlen, &r);
+            tally_add(&var[v], &r, s[i].r.embedding, t);
+            if (variants[v].must_catch) {
+                (*must)++;
+                *caught += classify(&r, s[i].r.embedding, t) == G_LOW;
+            }
+            free(jpg);
+        }
+        free(data);
+    }
+    tally_print(name, "original", &orig);
+    tally_free(&orig);
+    for (size_t v = 0; v < NVARIANTS; v++) {
+        tally_print(name, variants[v].name, &var[v]);
+        tally_free(&var[v]);
+    }
+}
+
+static uint32_t total_us(const struct vision_result *r)
+{
+    return r->us_header + r->us_decode + r->us_detect + r->us_embed;
+}
+
+static void report_gate_times(const char *what, const struct sample *s, int n)
+{
+    uint32_t *q = xcalloc((size_t)n + 1, sizeof(uint32_t));
+    uint32_t *b = xcalloc((size_t)n + 1, sizeof(uint32_t));
+    uint32_t *t = xcalloc((size_t)n + 1, sizeof(uint32_t));
+    int k = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (s[i].r.faces == 0)
+            continue;
+        q[k] = s[i].r.us_quality;
+        t[k] = total_us(&s[i].r);
+        b[k++] = s[i].r.us_brisque;
+    }
+    printf("times, %s, median of %d (us): whole image %.0f, of which the "
+           "gate %.0f, of which BRISQUE %.0f\n", what, k, median_u32(t, k),
+           median_u32(q, k), median_u32(b, k));
+    free(q);
+    free(b);
+    free(t);
+}
+
+/* ------------------------------------------------------------------------
+ * Liveness: yaw sign, real turns in the video, flat photos moved about
+ * --------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+
+static double rnd(double lo, double hi)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return lo + (hi - lo) * (double)(rng_state >> 11) / 9007199254740992.0;
+}
+
+static void report_yaw_sign(struct vision_worker *w, const struct sample *s,
+                            int n, const char *name)
+{
+    int judged = 0, flipped = 0, turned = 0;
+    struct scores sum = {0};
+
+    for (int i = 0; i < n; i++) {
+        struct vision_edit e = {.mirror = 1};
+        struct vision_result r;
+        uint8_t *data, *jpg;
+        size_t len, jlen;
+
+        if (s[i].r.faces != 1 || sample_bytes(&s[i], &data, &len) < 0)
+            continue;
+        if (vision_edit(data, len, &e, &jpg, &jlen, NULL, 0) == VISION_OK) {
+            vision_analyze(w, jpg, jlen, &r);
+            if (r.faces == 1) {
+                judged++;
+                scores_add(&sum, fabsf(s[i].r.yaw + r.yaw));
+                if (fabsf(s[i].r.yaw) >= 0.1f) {
+                    turned++;
+                    flipped += (s[i].r.yaw > 0) != (r.yaw > 0);
+                }
+            }
+            free(jpg);
+        }
+        free(data);
+    }
+    printf("yaw sign, %s: %d faces and their mirror images; |yaw + mirrored "
+           "yaw| median %.3f p99 %.3f; of %d with |yaw| >= 0.1, %d change "
+           "sign\n", name, judged, quantile(&sum, 0.5), quantile(&sum, 0.99),
+           turned, flipped);
+    free(sum.v);
+}
+
+/* The frontal-most frame with one face: the video's "enrolment". */
+static int frontal_frame(const struct sample *video, int n)
+{
+    int best = -1;
+
+    for (int i = 0; i < n; i++)
+        if (video[i].r.faces == 1 &&
+            (best < 0 || fabsf(video[i].r.yaw) < fabsf(video[best].r.yaw)))
+            best = i;
+    return best;
+}
+
+static float burst_min_similarity(const struct vision_burst *b,
+                                  const float *ref)
+{
+    float m = 2;
+
+    for (int i = 0; i < b->n; i++)
+        if (b->frame[i].dim > 0)
+            m = fminf(m, vision_similarity(b->frame[i].embedding, ref,
+                                           b->frame[i].dim));
+    return m;
+}
+
+/* The lowest similarity of a frame to the one before it. */
+static float burst_min_adjacent(const struct vision_burst *b)
+{
+    float m = 2;
+
+    for (int i = 1; i < b->n; i++)
+        if (b->frame[i].dim > 0 && b->frame[i - 1].dim > 0)
+            m = fminf(m, vision_similarity(b->frame[i].embedding,
+                                           b->frame[i - 1].embedding,
+                                           b->frame[i].dim));
+    return m;
+}
+
+struct live_tally {
+    int windows, turned[3], live[3], spoof_turned[3];
+    struct scores res_turned, min_enrol, min_adjacent;
+    uint32_t us[256], own[256];
+    int nus;
+};
+
+static void video_window(struct vision_worker *w, const struct sample *video,
+                         int first, int stride, const float *ref,
+                         struct live_tally *lt, int verbose)
+{
+    static struct vision_burst b;
+    const uint8_t *frames[4];
+    size_t lens[4];
+    int live[3] = {0}, turned[3] = {0};
+    float turn[3] = {0}, res[3] = {0};
+
+    for (int k = 0; k < 4; k++) {
+        frames[k] = video[first + k * stride].jpg;
+        lens[k] = video[first + k * stride].jlen;
+    }
+    vision_analyze_burst(w, frames, lens, 4, VISION_ACTION_TURN_LEFT, &b);
+    if (lt->nus < 256) {
+        lt->own[lt->nus] = 0;
+        for (int k = 0; k < 4; k++)
+            lt->own[lt->nus] += total_us(&b.frame[k]);
+        lt->us[lt->nus++] = b.us_total;
+    }
+    for (int a = VISION_ACTION_TURN_LEFT; a <= VISION_ACTION_TURN_RIGHT; a++) {
+        vision_burst_judge(&b, a);
+        live[a] = b.live;
+        turned[a] = b.turned;
+        turn[a] = b.turn;
+        res[a] = b.residual;
+        lt->turned[a] += b.turned;
+        lt->live[a] += b.live;
+        lt->spoof_turned[a] += b.turned && !b.live;
+        if (b.turned)
+            scores_add(&lt->res_turned, b.residual);
+    }
+    lt->windows++;
+    if (verbose)
+        printf("  frames %2d..%2d yaw %+.2f %+.2f %+.2f %+.2f  left: turn "
+               "%+.2f res %.2f %s  right: turn %+.2f res %.2f %s  min cos "
+               "%.3f, to frame 0 %.3f, adjacent %.3f\n", first,
+               first + 3 * stride, b.yaw[0], b.yaw[1], b.yaw[2], b.yaw[3],
+               turn[1], res[1], live[1] ? "LIVE" : turned[1] ? "planar" : "-",
+               turn[2], res[2], live[2] ? "LIVE" : turned[2] ? "planar" : "-",
+               burst_min_similarity(&b, ref),
+               burst_min_similarity(&b, b.frame[0].embedding),
+               burst_min_adjacent(&b));
+    scores_add(&lt->min_enrol, burst_min_similarity(&b, ref));
+    scores_add(&lt->min_adjacent, burst_min_adjacent(&b));
+}
+
+static void report_video_liveness(struct vision_worker *w,
+                                  const struct sample *video, int n, float t)
+{
+    int enrol = frontal_frame(video, n);
+    static const int strides[] = {5, 7};
+
+    if (enrol < 0)
+        return;
+    printf("video bursts of 4 frames; identity against frame %d (yaw "
+           "%+.3f), threshold %.3f\n", enrol, video[enrol].r.yaw, t);
+    for (size_t k = 0; k < sizeof(strides) / sizeof(int); k++) {
+        struct live_tally lt = {0};
+
+        printf(" stride %d frames (%.2f s between frames, %.2f s a burst):\n",
+               strides[k], strides[k] / 15.0, 3 * strides[k] / 15.0);
+        for (int i = 0; i + 3 * strides[k] < n; i++)
+            video_window(w, video, i, strides[k], video[enrol].r.embedding,
+                         &lt, strides[k] == 7);
+        printf("  %d windows: turned left in %d (judged live %d), right in "
+               "%d (live %d); residual of turns: min %.3f p5 %.3f median "
+               "%.3f; burst time median %.0f us\n", lt.windows,
+               lt.turned[1], lt.live[1], lt.turned[2], lt.live[2],
+               quantile(&lt.res_turned, 0), quantile(&lt.res_turned, 0.05),
+               quantile(&lt.res_turned, 0.5), median_u32(lt.us, lt.nus));
+        printf("  burst of 4 frames median %.0f us, of which the frames' own "
+               "pipeline %.0f us (the rest: refining landmarks, motion)\n",
+               median_u32(lt.us, lt.nus), median_u32(lt.own, lt.nus));
+        printf("  lowest cos of a window's frames: to the frontal frame min "
+               "%.3f p5 %.3f median %.3f; to the frame before min %.3f p5 "
+               "%.3f median %.3f\n", quantile(&lt.min_enrol, 0),
+               quantile(&lt.min_enrol, 0.05), quantile(&lt.min_enrol, 0.5),
+               quantile(&lt.min_adjacent, 0), quantile(&lt.min_adjacent, 0.05),
+               quantile(&lt.min_adjacent, 0.5));
+        free(lt.res_turned.v);
+        free(lt.min_enrol.v);
+        free(lt.min_adjacent.v);
+    }
+}
+
+/* Similarity to the frontal frame against |yaw|, frame by frame. */
+static void report_video_identity(const struct sample *video, int n, float t)
+{
+    static const float edges[] = {0, 0.1f, 0.2f, 0.3f, 0.45f, 0.8f, 10};
+    int enrol = frontal_frame(video, n);
+
+    if (enrol < 0)
+        return;
+    printf("video frames against frame %d by |yaw|:\n", enrol);
+    for (int b = 0; b + 1 < (int)(sizeof(edges) / sizeof(float)); b++) {
+        struct scores sc = {0};
+        int below = 0;
+
+        for (int i = 0; i < n; i++) {
+            float y = fabsf(video[i].r.yaw), v;
+
+            if (i == enrol || video[i].r.dim == 0 || y < edges[b] ||
+                y >= edges[b + 1])
+                continue;
+            v = vision_similarity(video[i].r.embedding,
+                                  video[enrol].r.embedding, 512);
+            scores_add(&sc, v);
+            below += v < t;
+        }
+        if (sc.n)
+            printf("  |yaw| %.2f-%.2f: %3zu frames, cos min %.3f median "
+                   "%.3f, under %.2f: %d\n", edges[b], edges[b + 1], sc.n,
+                   quantile(&sc, 0), quantile(&sc, 0.5), t, below);
+        free(sc.v);
+    }
+}
+
+/* How often an impostor pair of lfw and ORL reaches a low floor. */
+static void report_impostor_tail(struct sample_set **sets, int nsets)
+{
+    static const float floors[] = {0.1f, 0.15f, 0.2f, 0.25f, 0.3f};
+    struct scores imp = {0}, gen = {0};
+
+    for (int i = 0; i < nsets; i++)
+        pair_scores(sets[i], &gen, &imp);
+    printf("impostor pairs of lfw and ORL (%zu) at or above:", imp.n);
+    for (size_t k = 0; k < sizeof(floors) / sizeof(float); k++)
+        printf(" %.2f: %.2f%%", floors[k], accept_rate(&imp, floors[k]));
+    printf("\n");
+    free(imp.v);
+    free(gen.v);
+}
+
+/* Genuine lfw pairs by the larger |yaw| of the two. */
+static void report_lfw_identity(const struct sample_set *set, float t)
+{
+    static const float edges[] = {0, 0.1f, 0.2f, 0.3f, 0.45f, 0.8f, 10};
+
+    printf("lfw genuine pairs by the larger |yaw| of the two:\n");
+    for (int b = 0; b + 1 < (int)(sizeof(edges) / sizeof(float)); b++) {
+        struct scores sc = {0};
+
+        for (int i = 0; i < set->n; i++)
+            for (int j = i + 1; j < set->n; j++) {
+                float y = fmaxf(fabsf(set->s[i].r.yaw),
+                                fabsf(set->s[j].r.yaw));
+
+                if (strcmp(set->s[i].id, set->s[j].id) != 0 ||
+                    set->s[i].r.dim == 0 || set->s[j].r.dim == 0 ||
+                    y < edges[b] || y >= edges[b + 1])
+                    continue;
+                scores_add(&sc, pair_score(&set->s[i], &set->s[j]));
+            }
+        if (sc.n)
+            printf("  |yaw| %.2f-%.2f: %4zu pairs, cos p5 %.3f median %.3f, "
+                   "accepted at %.2f: %.1f%%\n", edges[b], edges[b + 1], sc.n,
+                   quantile(&sc, 0.05), quantile(&sc, 0.5), t,
+                   accept_rate(&sc, t));
+        free(sc.v);
+    }
+}
+
+/* A photo held up and moved: a grey border half its size around it, then
+ * a random pose (rotation up to 20 degrees, scale 0.8-1.2, a shift of up
+ * to a tenth, each corner pushed up to 6% for perspective). */
+static void random_pose(struct vision_edit *e, int w, int h)
+{
+    double cw = w + 2.0 * e->pad, ch = h + 2.0 * e->pad;
+    double a = rnd(-0.35, 0.35), sc = rnd(0.8, 1.2);
+    double tx = rnd(-0.1, 0.1) * cw, ty = rnd(-0.1, 0.1) * ch;
+    double cx[4] = {0, cw, cw, 0}, cy[4] = {0, 0, ch, ch};
+
+    e->warp = 1;
+    for (int k = 0; k < 4; k++) {
+        double x = cx[k] - cw / 2, y = cy[k] - ch / 2;
+
+        e->corners[2 * k] = sc * (cos(a) * x - sin(a) * y) + cw / 2 + tx +
+                            rnd(-0.06, 0.06) * cw;
+        e->corners[2 * k + 1] = sc * (sin(a) * x + cos(a) * y) + ch / 2 +
+                                ty + rnd(-0.06, 0.06) * ch;
+    }
+}
+
+static void report_planar_set(struct vision_worker *w,
+                              const struct sample_set *set, int bursts)
+{
+    static struct vision_burst b;
+    int tried = 0, live[3] = {0}, turned[3] = {0}, frames = 0, found = 0;
+    struct scores turn = {0}, res = {0}, resmax = {0};
+
+    for (int i = 0; i < set->n; i++) {
+        const struct vision_result *o = &set->s[i].r;
+        uint8_t *data, *jpg[4];
+        size_t len, lens[4];
+
+        if (o->faces != 1 || read_all(set->s[i].path, &data, &len) < 0)
+            continue;
+        for (int k = 0; k < bursts; k++) {
+            int ok = 1;
+
+            for (int f = 0; f < 4; f++) {
+                struct vision_edit e = {.pad = o->width / 2};
+
+                random_pose(&e, o->width, o->height);
+                if (vision_edit(data, len, &e, &jpg[f], &lens[f], NULL,
+                                0) != VISION_OK)
+                    ok = 0;
+            }
+            if (ok) {
+                vision_analyze_burst(w, (const uint8_t *const *)jpg, lens, 4,
+                                     VISION_ACTION_TURN_LEFT, &b);
+                tried++;
+                for (int f = 0; f < 4; f++) {
+                    frames++;
+                    found += b.found[f];
+                }
+                scores_add(&resmax, b.residual_max);
+                for (int a = 1; a <= 2; a++) {
+                    vision_burst_judge(&b, a);
+                    live[a] += b.live;
+                    turned[a] += b.turned;
+                    scores_add(&turn, b.turn);
+                    if (b.turned)
+                        scores_add(&res, b.residual);
+                }
+            }
+            for (int f = 0; f < 4; f++)
+                free(jpg[f]);
+        }
+        free(data);
+    }
+    printf("flat photo moved, %s: %d bursts of 4 (faces found in %d of %d "
+           "frames); judged live: left %d, right %d (%.2f%% of %d "
+           "challenges); turned: left %d, right %d; turn p50 %.3f p99 %.3f "
+           "max %.3f; residual of the turned p50 %.3f max %.3f; largest "
+           "residual of any pair p50 %.3f p99 %.3f\n", set->name, tried,
+           found, frames, live[1], live[2],
+           pct(live[1] + live[2], 2 * tried), 2 * tried, turned[1],
+           turned[2], quantile(&turn, 0.5), quantile(&turn, 0.99),
+           quantile(&turn, 1), quantile(&res, 0.5), quantile(&res, 1),
+           quantile(&resmax, 0.5), quantile(&resmax, 0.99));
+    free(turn.v);
+    free(res.v);
+    free(resmax.v);
+}
+
+/* Added cost, measured side by side on the video's frames: one image
+ * with the gate off and on (BRISQUE within it), and bursts of four, in
+ * alternating rounds so that other work on the machine spreads evenly. */
+static void report_costs(const char *models, const struct sample *video,
+                         int n)
+{
+    static struct vision_burst b;
+    struct vision_options opt = {0};
+    struct vision_engine *off_e, *on_e;
+    struct vision_worker *off, *on;
+    struct vision_result r;
+    char err[256];
+    int rounds = 3, k = 0, m = 0;
+    uint32_t *t_off = xcalloc((size_t)(rounds * n), sizeof(uint32_t));
+    uint32_t *t_on = xcalloc((size_t)(rounds * n), sizeof(uint32_t));
+    uint32_t *t_burst = xcalloc((size_t)(rounds * n), sizeof(uint32_t));
+    uint32_t *t_brisque = xcalloc((size_t)(rounds * n), sizeof(uint32_t));
+
+    opt.models_dir = models;
+    opt.min_face_px = opt.min_brightness = opt.min_contrast = -1;
+    opt.min_sharpness = opt.max_brisque = -1;
+    off_e = vision_engine_new(&opt, err, sizeof(err));
+    off = off_e ? vision_worker_new(off_e, err, sizeof(err)) : NULL;
+    opt = (struct vision_options){.models_dir = models};
+    on_e = vision_engine_new(&opt, err, sizeof(err));
+    on = off && on_e ? vision_worker_new(on_e, err, sizeof(err)) : NULL;
+    if (on == NULL) {
+        fprintf(stderr, "costs: %s\n", err);
+        exit(1);
+    }
+    for (int round = 0; round < rounds; round++)
+        for (int i = 0; i < n; i++) {
+            const uint8_t *frames[4];
+            size_t lens[4];
+
+            vision_analyze(off, video[i].jpg, video[i].jlen, &r);
+            t_off[k] = total_us(&r);
+            vision_analyze(on, video[i].jpg, video[i].jlen, &r);
+            t_on[k] = total_us(&r);
+            t_brisque[k++] = r.us_brisque;
+            if (i + 21 >= n)
+                continue;
+            for (int f = 0; f < 4; f++) {
+                frames[f] = video[i + 7 * f].jpg;
+                lens[f] = video[i + 7 * f].jlen;
+            }
+            vision_analyze_burst(on, frames, lens, 4,
+                                 VISION_ACTION_TURN_LEFT, &b);
+            t_burst[m++] = b.us_total;
+        }
+    printf("cost per snapshot, 640x480 video frames, %d rounds, median (us): "
+           "gate off %.0f, gate on %.0f (BRISQUE %.0f); burst of 4 %.0f\n",
+           rounds, median_u32(t_off, k), median_u32(t_on, k),
+           median_u32(t_brisque, k), median_u32(t_burst, m));
+    free(t_off);
+    free(t_on);
+    free(t_burst);
+    free(t_brisque);
+    vision_worker_free(off);
+    vision_engine_free(off_e);
+    vision_worker_free(on);
+    vision_engine_free(on_e);
+}
+
+static void report_liveness(struct vision_worker *w, struct vision_engine *e,
+                            struct sample_set **sets, int nsets,
+                            const struct sample *video, int nvideo)
+{
+    float t = vision_default_threshold(e);
+    int caught = 0, must = 0;
+
+    printf("quality gate (BRISQUE %s): defaults face >= %.0f px, brightness "
+           ">= %.0f, contrast >= %.0f, sharpness >= %.0f, BRISQUE <= %.0f\n",
+           vision_brisque(e) ? "on" : "off", VISION_DEFAULT_MIN_FACE_PX,
+           VISION_DEFAULT_MIN_BRIGHTNESS, VISION_DEFAULT_MIN_CONTRAST,
+           VISION_DEFAULT_MIN_SHARPNESS, VISION_DEFAULT_MAX_BRISQUE);
+    for (int i = 0; i < nsets; i++)
+        report_gate_set(w, sets[i]->name, sets[i]->s, sets[i]->n, t, &caught,
+                        &must);
+    report_gate_set(w, "video", video, nvideo, t, &caught, &must);
+    printf("caught over the variants that must be: %d of %d (%.2f%%)\n",
+           caught, must, pct(caught, must));
+    report_gate_times("640x480 video frames", video, nvideo);
+    report_gate_times("lfw", sets[0]->s, sets[0]->n);
+
+    for (int i = 0; i < nsets; i++)
+        report_yaw_sign(w, sets[i]->s, sets[i]->n, sets[i]->name);
+    report_yaw_sign(w, video, nvideo, "video");
+    report_impostor_tail(sets, 2);
+    report_video_identity(video, nvideo, t);
+    report_lfw_identity(sets[0], t);
+    report_video_liveness(w, video, nvideo, t);
+    for (int i = 0; i < 2 && i < nsets; i++)
+        report_planar_set(w, sets[i], 3);
+}
+
+/* ------------------------------------------------------------------------
  * Main
  * --------------------------------------------------------------------- */
 
@@ -566,12 +1223,15 @@ struct calib_args {
     int embed_mode;
     long detect_pixels;
     int replay;
+    int liveness;
+    int costs;
 };
 
 static void usage(void)
 {
     fprintf(stderr, "usage: proctord_calibrate [--models DIR] [--data DIR] "
-            "[--embed plain|flip] [--detect-pixels N] [--no-replay]\n"
+            "[--embed plain|flip] [--detect-pixels N] [--no-replay] "
+            "[--liveness] [--costs]\n"
             "DIR defaults: $PROCTORD_SHARED/models and $PROCTORD_SHARED/data"
             " (PROCTORD_SHARED defaults to ../shared)\n");
     exit(2);
@@ -600,6 +1260,10 @@ static void parse_args(int argc, char **argv, struct calib_args *a)
             a->detect_pixels = atol(argv[++i]);
         else if (strcmp(argv[i], "--no-replay") == 0)
             a->replay = 0;
+        else if (strcmp(argv[i], "--liveness") == 0)
+            a->liveness = 1;
+        else if (strcmp(argv[i], "--costs") == 0)
+            a->costs = 1;
         else
             usage();
     }
@@ -636,7 +1300,7 @@ int main(int argc, char **argv)
     struct vision_worker *w;
     struct sample_set lfw, orl, named, multi;
     struct sample *video = xcalloc(MAX_SAMPLES, sizeof(struct sample));
-    struct scores imp = {0}, gen_lfw, gen_orl;
+    struct scores imp = {0}, gen_lfw = {0}, gen_orl = {0};
     char dir[PATH_MAX + 64];
     float t;
     int nvideo;
@@ -655,6 +1319,21 @@ int main(int argc, char **argv)
     analyze_set(w, &orl);
     analyze_set(w, &named);
     analyze_set(w, &multi);
+
+    if (a.costs) {
+        snprintf(dir, sizeof(dir), "%s/video/face_640x480_15fps.y4m", a.data);
+        nvideo = load_video(w, dir, video, MAX_SAMPLES);
+        report_costs(a.models, video, nvideo);
+        goto done;
+    }
+    if (a.liveness) {
+        struct sample_set *sets[] = {&lfw, &orl, &named};
+
+        snprintf(dir, sizeof(dir), "%s/video/face_640x480_15fps.y4m", a.data);
+        nvideo = load_video(w, dir, video, MAX_SAMPLES);
+        report_liveness(w, engine, sets, 3, video, nvideo);
+        goto done;
+    }
 
     report_set(&lfw, &imp, vision_default_threshold(engine), &gen_lfw);
     report_set(&orl, &imp, vision_default_threshold(engine), &gen_orl);
@@ -679,6 +1358,9 @@ int main(int argc, char **argv)
         report_replay(w, sets, 3, video, nvideo);
     }
 
+done:
+    for (int i = 0; i < MAX_SAMPLES; i++)
+        free(video[i].jpg);
     free(lfw.s);
     free(orl.s);
     free(named.s);

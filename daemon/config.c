@@ -4,6 +4,7 @@
  * message names section.key and quotes the value it refused. */
 #include "config.h"
 #include "log.h"
+#include "vision/vision.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -100,6 +101,13 @@ static const struct key_def key_defs[] = {
      1},
     {"vision", "max_pixels", KEY_INT64, F(max_pixels), 1, 1e9, 0},
     {"vision", "queue", KEY_INT, F(vision_queue), 1, 1e6, 0},
+    /* The quality gate: face width in pixels, grey levels 0-255, the
+     * Laplacian's variance, BRISQUE's 0 (best) to 100. */
+    {"vision", "min_face_px", KEY_DOUBLE, F(min_face_px), 0, 16384, 0},
+    {"vision", "min_brightness", KEY_DOUBLE, F(min_brightness), 0, 255, 0},
+    {"vision", "min_contrast", KEY_DOUBLE, F(min_contrast), 0, 128, 0},
+    {"vision", "min_sharpness", KEY_DOUBLE, F(min_sharpness), 0, 1e6, 0},
+    {"vision", "max_brisque", KEY_DOUBLE, F(max_brisque), 0, 100, 0},
 
     /* Credit hours as the regulator counts them, not durations. */
     {"requirements", "manager", KEY_ROLE, F(manager), 0, 1e4, 0},
@@ -821,6 +829,11 @@ void config_defaults(struct config *cfg)
     cfg->second_face_ratio = 0.25;
     cfg->max_pixels = 16000000;
     cfg->vision_queue = 64;
+    cfg->min_face_px = VISION_DEFAULT_MIN_FACE_PX;
+    cfg->min_brightness = VISION_DEFAULT_MIN_BRIGHTNESS;
+    cfg->min_contrast = VISION_DEFAULT_MIN_CONTRAST;
+    cfg->min_sharpness = VISION_DEFAULT_MIN_SHARPNESS;
+    cfg->max_brisque = VISION_DEFAULT_MAX_BRISQUE;
 
     cfg->manager = (struct config_role){12, 48};
     cfg->safety_officer = (struct config_role){12, 48};

@@ -76,6 +76,12 @@ struct config {
     double second_face_ratio;
     int64_t max_pixels;
     int vision_queue;
+    /* The quality gate before any face verdict; 0 turns a check off. */
+    double min_face_px;
+    double min_brightness;
+    double min_contrast;
+    double min_sharpness;
+    double max_brisque;
 
     /* [requirements] */
     struct config_role manager;

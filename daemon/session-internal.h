@@ -48,6 +48,8 @@ struct session {
     int64_t challenge_deadline_ms;
     int64_t next_challenge_ms;
     uint32_t challenges;
+    /* The outstanding challenge's Action (liveness): NONE or a turn. */
+    int challenge_action;
 
     /* The frame that began a face-less stretch, kept as evidence. */
     char absent_evidence[33];

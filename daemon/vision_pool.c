@@ -1,4 +1,5 @@
-/* Worker threads around vision_analyze(). Each worker owns a
+/* Worker threads around vision_analyze() and vision_analyze_burst(). Each
+ * worker owns a
  * vision_worker (its own copies of the networks); the engine is shared
  * read-only. Finished jobs wait in a bounded queue for the core thread,
  * which always has room: it holds at most as many as were admitted. */
@@ -52,12 +53,61 @@ struct vision_job *vision_job_new(unsigned char *jpeg, size_t len,
     return job;
 }
 
+static void free_frames(unsigned char **frames, size_t *lens, int n)
+{
+    for (int i = 0; frames != NULL && i < n; i++)
+        free(frames[i]);
+    free(frames);
+    free(lens);
+}
+
+int vision_job_set_burst(struct vision_job *job, unsigned char **frames,
+                         size_t *lens, int n, int action)
+{
+    job->burst = malloc(sizeof(*job->burst));
+    if (job->burst == NULL) {
+        free_frames(frames, lens, n);
+        return -1;
+    }
+    job->frames = frames;
+    job->frame_lens = lens;
+    job->nframes = n;
+    job->action = action;
+    return VISION_POOL_OK;
+}
+
 void vision_job_free(struct vision_job *job)
 {
     if (job == NULL)
         return;
     free(job->jpeg);
+    free_frames(job->frames, job->frame_lens, job->nframes);
+    free(job->burst);
     free(job);
+}
+
+/* A burst is analysed whole; the evidence JPEG only when it is none of
+ * the burst's frames, so the usual answer (jpeg empty, or one of the
+ * frames) costs nothing more. */
+static void analyze_job(struct vision_worker *w, struct vision_job *job)
+{
+    const struct vision_burst *b = job->burst;
+
+    if (job->nframes == 0) {
+        vision_analyze(w, job->jpeg, job->len, &job->result);
+        return;
+    }
+    vision_analyze_burst(w, (const uint8_t *const *)job->frames,
+                         job->frame_lens, job->nframes, job->action,
+                         job->burst);
+    for (int i = 0; b->status == VISION_OK && i < b->n; i++) {
+        if (job->len == job->frame_lens[i] &&
+            memcmp(job->jpeg, job->frames[i], job->len) == 0) {
+            memcpy(&job->result, &b->frame[i], sizeof(job->result));
+            return;
+        }
+    }
+    vision_analyze(w, job->jpeg, job->len, &job->result);
 }
 
 static void *worker_main(void *arg)
@@ -80,7 +130,7 @@ static void *worker_main(void *arg)
         pool->running++;
         pthread_mutex_unlock(&pool->lock);
 
-        vision_analyze(wa->worker, job->jpeg, job->len, &job->result);
+        analyze_job(wa->worker, job);
         metrics_add(snapshots_analyzed, 1);
 
         /* done has room for every admitted job, so this cannot fail. */
@@ -130,6 +180,11 @@ static int start_workers(struct vision_pool *pool, char *err, size_t errlen)
     return 0;
 }
 
+static double gate_option(double v)
+{
+    return v > 0 ? v : -1;
+}
+
 struct vision_pool *vision_pool_new(struct core *core, char *err,
                                     size_t errlen)
 {
@@ -147,6 +202,12 @@ struct vision_pool *vision_pool_new(struct core *core, char *err,
     opt.models_dir = core->cfg.models_dir;
     opt.second_face_ratio = core->cfg.second_face_ratio;
     opt.max_pixels = core->cfg.max_pixels;
+    /* In the config 0 turns a check off; in vision_options that is -1. */
+    opt.min_face_px = gate_option(core->cfg.min_face_px);
+    opt.min_brightness = gate_option(core->cfg.min_brightness);
+    opt.min_contrast = gate_option(core->cfg.min_contrast);
+    opt.min_sharpness = gate_option(core->cfg.min_sharpness);
+    opt.max_brisque = gate_option(core->cfg.max_brisque);
     pool->engine = vision_engine_new(&opt, why, sizeof(why));
     if (pool->engine == NULL) {
         snprintf(err, errlen, "vision.models_dir: %s", why);
@@ -154,13 +215,18 @@ struct vision_pool *vision_pool_new(struct core *core, char *err,
     }
     if (vision_degraded(pool->engine))
         log_warning("msg=\"running degraded: no YuNet detector, using a "
-                    "cascade; more missed faces, no landmarks\" "
-                    "detector=%s", vision_detector_name(pool->engine));
+                    "cascade; more missed faces, no landmarks, so no "
+                    "liveness challenges\" detector=%s",
+                    vision_detector_name(pool->engine));
+    if (!vision_brisque(pool->engine) && core->cfg.max_brisque > 0)
+        log_warning("msg=\"no BRISQUE model (brisque_model_live.yml and "
+                    "brisque_range_live.yml of opencv-data); the "
+                    "vision.max_brisque check is off\"");
     log_notice("msg=\"vision ready\" detector=%s model=%s threshold=%.3f "
-               "workers=%d", vision_detector_name(pool->engine),
+               "workers=%d brisque=%d", vision_detector_name(pool->engine),
                vision_model_id(pool->engine),
                vision_default_threshold(pool->engine),
-               core->cfg.vision_workers);
+               core->cfg.vision_workers, vision_brisque(pool->engine));
 
     pool->nworkers = core->cfg.vision_workers > 0 ? core->cfg.vision_workers
                                                   : 1;

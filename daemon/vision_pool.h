@@ -1,7 +1,8 @@
 /* The fixed pool of face-analysis threads. Jobs go in through a bounded
  * queue; a full queue refuses the job (the caller answers with back-
- * pressure) instead of growing. Results come back to the core thread,
- * where each job's done callback runs and frees the job. */
+ * pressure) instead of growing. A job is one JPEG, or one JPEG and a
+ * liveness burst. Results come back to the core thread, where each job's
+ * done callback runs and frees the job. */
 #ifndef PROCTORD_VISION_POOL_H
 #define PROCTORD_VISION_POOL_H
 
@@ -30,11 +31,26 @@ struct vision_job {
     unsigned char *jpeg;        /* owned by the job */
     size_t len;
     struct vision_result result;
+    /* A burst (nframes > 0): the frames, each malloc'd and owned with
+     * the arrays, the action asked and what the burst showed. result is
+     * then of jpeg, taken from the burst when jpeg is its first frame. */
+    unsigned char **frames;
+    size_t *frame_lens;
+    int nframes;
+    int action;
+    struct vision_burst *burst; /* owned; NULL without frames */
 };
 
 /* Allocates a job and takes ownership of jpeg (malloc'd). */
 struct vision_job *vision_job_new(unsigned char *jpeg, size_t len,
                                   vision_job_cb done);
+
+/* Makes job a burst of n frames (n > 0, at most VISION_BURST_MAX) for
+ * action, taking ownership of frames, lens (malloc'd arrays) and every
+ * frames[i] (malloc'd), also on failure. Returns VISION_POOL_OK, or -1
+ * when out of memory. */
+int vision_job_set_burst(struct vision_job *job, unsigned char **frames,
+                         size_t *lens, int n, int action);
 void vision_job_free(struct vision_job *job);
 
 /* Loads the engine from vision.models_dir and starts vision.workers

@@ -1,8 +1,9 @@
 /* The OpenCV side of vision.h: JPEG header checks and scaled decoding with
  * libturbojpeg, YuNet (or cascade) detection, five-point alignment, the
- * embedding network, face quality and the replay signature. This is the
- * only file that includes OpenCV, and every function exported to C catches
- * every exception: nothing unwinds into the C callers. */
+ * embedding network, the quality gate (with BRISQUE), the replay signature
+ * and the head motion of liveness bursts. This is the only file that
+ * includes OpenCV, and every function exported to C catches every
+ * exception: nothing unwinds into the C callers. */
 
 #include "vision.h"
 
@@ -30,6 +31,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <opencv2/objdetect.hpp>
+#include <opencv2/quality.hpp>
 
 /* ------------------------------------------------------------------------
  * Models and constants
@@ -57,6 +59,16 @@ static const struct known_model known_models[] = {
     {"faceplugin_fr_feature.onnx", MODEL_FR512,
      "87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581"},
 };
+
+/* BRISQUE's model trained on LIVE-R2, as opencv-data ships it (OpenCV
+ * contrib's samples), looked up in models_dir first. */
+#define BRISQUE_MODEL "brisque_model_live.yml"
+#define BRISQUE_RANGE "brisque_range_live.yml"
+#define BRISQUE_SYSTEM_DIR "/usr/share/opencv4/quality"
+static const char brisque_model_sha256[] =
+    "4c44c7eec9e5139830c0bb0e4a044c9cd351ba5bbc9e3798beca3243e2782ff4";
+static const char brisque_range_sha256[] =
+    "a18427f4f7ad087524bd0d63389649a3899b51ca6d44a4d5f8d8171f1f914a9c";
 
 /* Cascades of Debian's opencv-data, tried in order when YuNet is absent. */
 static const char *const cascade_paths[] = {
@@ -99,6 +111,24 @@ static const float cascade_template[10] = {
 #define SIDE_MAX 16384
 
 #define CROP 112
+/* The face's centre in the aligned crop, where the gate measures light,
+ * contrast and sharpness: the template's eyes and mouth corners with a
+ * margin, clear of most background and of the black fill past the edge
+ * of a photo cropped tight (ORL's). */
+#define CENTRE_X 24
+#define CENTRE_Y 32
+#define CENTRE_W 64
+#define CENTRE_H 72
+
+/* Landmarks of a burst frame are taken again on an upright copy of the
+ * face, eyes level and REFINE_IOD pixels apart in a REFINE_SIDE square,
+ * REFINE_PASSES times (each pass levels by the previous one's eyes).
+ * YuNet's points on a small or tilted face lean to a frontal layout; on
+ * the upright copy they follow the face: over warped lfw photos the
+ * median nose wander falls from 0.060 to 0.030 of the eye distance. */
+#define REFINE_IOD 40.0
+#define REFINE_SIDE 160
+#define REFINE_PASSES 2
 #define SIG_W 32
 #define SIG_H 24
 /* A normalised pixel v is stored as 128 + SIG_GAIN * v, clamped to 0..255:
@@ -144,6 +174,10 @@ struct vision_engine {
     double second_face_ratio;
     int64_t max_pixels;
     int64_t detect_pixels;
+    /* The gate's thresholds, negative when off. */
+    double min_face_px, min_brightness, min_contrast, min_sharpness;
+    double max_brisque;
+    std::string brisque_model, brisque_range;  /* empty: BRISQUE off */
 };
 
 struct vision_worker {
@@ -152,6 +186,7 @@ struct vision_worker {
     cv::CascadeClassifier cascade;
     cv::dnn::Net net;
     cv::Ptr<cv::FaceRecognizerSF> sface;
+    cv::Ptr<cv::quality::QualityBRISQUE> brisque;
     tjhandle tj;
 };
 
@@ -328,6 +363,55 @@ static int engine_recognizer(struct vision_engine *e, const std::string &dir,
     return VISION_OK;
 }
 
+/* BRISQUE's two files from dir, models_dir or opencv-data's folder,
+ * verified like the networks; neither found leaves the check off. */
+static int engine_brisque(struct vision_engine *e,
+                          const struct vision_options *opt, char *err,
+                          size_t errlen)
+{
+    std::vector<std::string> dirs;
+
+    if (opt->max_brisque < 0)
+        return VISION_OK;
+    if (opt->brisque_dir != NULL && *opt->brisque_dir)
+        dirs.push_back(opt->brisque_dir);
+    else
+        dirs = {opt->models_dir, BRISQUE_SYSTEM_DIR};
+    for (const std::string &d : dirs) {
+        std::string model = d + "/" BRISQUE_MODEL;
+        std::string range = d + "/" BRISQUE_RANGE;
+
+        if (!file_exists(model) || !file_exists(range))
+            continue;
+        if (verify_model(model, brisque_model_sha256, NULL, err, errlen) < 0 ||
+            verify_model(range, brisque_range_sha256, NULL, err, errlen) < 0)
+            return VISION_ERR;
+        e->brisque_model = model;
+        e->brisque_range = range;
+        return VISION_OK;
+    }
+    return VISION_OK;
+}
+
+/* 0 means the default, negative turns the check off (-1). */
+static double gate_value(double v, double def)
+{
+    return v < 0 ? -1 : v > 0 ? v : def;
+}
+
+static void engine_gate(struct vision_engine *e,
+                        const struct vision_options *opt)
+{
+    e->min_face_px = gate_value(opt->min_face_px, VISION_DEFAULT_MIN_FACE_PX);
+    e->min_brightness = gate_value(opt->min_brightness,
+                                   VISION_DEFAULT_MIN_BRIGHTNESS);
+    e->min_contrast = gate_value(opt->min_contrast,
+                                 VISION_DEFAULT_MIN_CONTRAST);
+    e->min_sharpness = gate_value(opt->min_sharpness,
+                                  VISION_DEFAULT_MIN_SHARPNESS);
+    e->max_brisque = gate_value(opt->max_brisque, VISION_DEFAULT_MAX_BRISQUE);
+}
+
 static struct vision_engine *engine_new(const struct vision_options *opt,
                                         char *err, size_t errlen)
 {
@@ -345,9 +429,11 @@ static struct vision_engine *engine_new(const struct vision_options *opt,
     e->detect_pixels = opt->detect_pixels > 0 ? opt->detect_pixels
                                               : VISION_DEFAULT_DETECT_PIXELS;
     e->models_dir = opt->models_dir;
+    engine_gate(e.get(), opt);
     if (engine_detector(e.get(), opt->models_dir, err, errlen) < 0 ||
         engine_recognizer(e.get(), opt->models_dir, opt->embed_mode, err,
-                          errlen) < 0)
+                          errlen) < 0 ||
+        engine_brisque(e.get(), opt, err, errlen) < 0)
         return NULL;
 
     /* Build the networks once, so a file OpenCV cannot load fails here
@@ -392,6 +478,15 @@ static int worker_nets(struct vision_worker *w, char *err, size_t errlen)
         if (verify_model(e->rec_path, e->rec_sha256, NULL, err, errlen) < 0)
             return VISION_ERR;
         w->sface = cv::FaceRecognizerSF::create(e->rec_path, "");
+    }
+    if (!e->brisque_model.empty()) {
+        if (verify_model(e->brisque_model, brisque_model_sha256, NULL, err,
+                         errlen) < 0 ||
+            verify_model(e->brisque_range, brisque_range_sha256, NULL, err,
+                         errlen) < 0)
+            return VISION_ERR;
+        w->brisque = cv::quality::QualityBRISQUE::create(e->brisque_model,
+                                                         e->brisque_range);
     }
     if ((!e->degraded && w->yunet.empty()) ||
         (w->net.empty() && w->sface.empty())) {
@@ -507,13 +602,23 @@ static int decode_jpeg(struct vision_worker *w, const uint8_t *jpeg,
  * Detection
  * --------------------------------------------------------------------- */
 
+/* YuNet 2022mar's pooling fails under about 62 pixels a side (OpenCV
+ * throws: a 53x53 JPEG came back VISION_ERR); a smaller image is padded
+ * at the bottom and right, which leaves the coordinates as they are. */
+#define YUNET_MIN_SIDE 64
+
 static void detect_yunet(struct vision_worker *w, const cv::Mat &small,
                          std::vector<struct face> &faces)
 {
-    cv::Mat rows;
+    cv::Mat rows, in = small;
 
-    w->yunet->setInputSize(small.size());
-    w->yunet->detect(small, rows);
+    if (small.cols < YUNET_MIN_SIDE || small.rows < YUNET_MIN_SIDE)
+        cv::copyMakeBorder(small, in, 0,
+                           std::max(0, YUNET_MIN_SIDE - small.rows), 0,
+                           std::max(0, YUNET_MIN_SIDE - small.cols),
+                           cv::BORDER_CONSTANT, cv::Scalar(0, 0, 0));
+    w->yunet->setInputSize(in.size());
+    w->yunet->detect(in, rows);
     for (int i = 0; i < rows.rows; i++) {
         const float *r = rows.ptr<float>(i);
         struct face f;
@@ -685,18 +790,88 @@ static void embed(struct vision_worker *w, const cv::Mat &crop,
  * Quality and replay signature
  * --------------------------------------------------------------------- */
 
-static void quality(const cv::Mat &bgr, struct vision_result *out)
+/* Mean grey, its standard deviation and the variance of the Laplacian
+ * of a grey image, over the pixels of roi that mask (may be empty: all)
+ * keeps. The Laplacian is taken over the whole image, so the edge of the
+ * region is not an edge. Nothing kept: all zero. */
+static void measure(const cv::Mat &gray, const cv::Rect &roi,
+                    const cv::Mat &mask, struct vision_result *out)
 {
-    cv::Mat gray, lap;
+    cv::Mat lap, m = mask.empty() ? cv::Mat() : mask(roi);
     cv::Scalar mean, sd;
 
-    cv::cvtColor(bgr, gray, cv::COLOR_BGR2GRAY);
-    cv::meanStdDev(gray, mean, sd);
+    if (!m.empty() && cv::countNonZero(m) == 0) {
+        out->brightness = out->contrast = out->sharpness = 0;
+        return;
+    }
+    cv::meanStdDev(gray(roi), mean, sd, m);
     out->brightness = (float)mean[0];
     out->contrast = (float)sd[0];
     cv::Laplacian(gray, lap, CV_32F);
-    cv::meanStdDev(lap, mean, sd);
+    cv::meanStdDev(lap(roi), mean, sd, m);
     out->sharpness = (float)(sd[0] * sd[0]);
+}
+
+/* The first check failed, in the order of VISION_QUALITY_*. */
+static int gate(const struct vision_engine *e, const struct vision_result *r)
+{
+    if (e->min_face_px >= 0 && r->box[2] < e->min_face_px)
+        return VISION_QUALITY_FACE_TOO_SMALL;
+    if (e->min_brightness >= 0 && r->brightness < e->min_brightness)
+        return VISION_QUALITY_TOO_DARK;
+    if (e->min_contrast >= 0 && r->contrast < e->min_contrast)
+        return VISION_QUALITY_LOW_CONTRAST;
+    if (e->min_sharpness >= 0 && r->sharpness < e->min_sharpness)
+        return VISION_QUALITY_BLURRY;
+    if (e->max_brisque >= 0 && r->brisque >= 0 && r->brisque > e->max_brisque)
+        return VISION_QUALITY_POOR_IMAGE;
+    return VISION_QUALITY_OK;
+}
+
+/* The gate on the face aligned by warp (box must be filled). A face near
+ * the edge of a photo cropped tight (ORL's) aligns partly onto fill, which
+ * is no part of the face: the fill is the edge pixels repeated, and the
+ * statistics leave it out (with a margin, so its border is no edge). */
+static void quality_face(struct vision_worker *w, const cv::Mat &bgr,
+                         const cv::Mat &warp, struct vision_result *out)
+{
+    int64_t t0 = now_us(), t1;
+    cv::Mat crop, gray, inside;
+
+    cv::warpAffine(bgr, crop, warp, cv::Size(CROP, CROP), cv::INTER_LINEAR,
+                   cv::BORDER_REPLICATE);
+    cv::cvtColor(crop, gray, cv::COLOR_BGR2GRAY);
+    cv::warpAffine(cv::Mat(bgr.size(), CV_8U, cv::Scalar(255)), inside, warp,
+                   cv::Size(CROP, CROP), cv::INTER_NEAREST,
+                   cv::BORDER_CONSTANT, cv::Scalar(0));
+    cv::erode(inside, inside, cv::Mat(), cv::Point(-1, -1), 2);
+    measure(gray, cv::Rect(CENTRE_X, CENTRE_Y, CENTRE_W, CENTRE_H), inside,
+            out);
+    out->brisque = -1;
+    if (w->brisque) {
+        t1 = now_us();
+        out->brisque = (float)w->brisque->compute(gray)[0];
+        out->us_brisque = since_us(t1);
+    }
+    out->quality = gate(w->engine, out);
+    out->us_quality = since_us(t0);
+}
+
+/* A frame without a face: only darkness can be told apart from an empty
+ * room, where a grey wall has no contrast and no edges either. */
+static void quality_frame(struct vision_worker *w, const cv::Mat &bgr,
+                          struct vision_result *out)
+{
+    const struct vision_engine *e = w->engine;
+    int64_t t0 = now_us();
+    cv::Mat gray;
+
+    cv::cvtColor(bgr, gray, cv::COLOR_BGR2GRAY);
+    measure(gray, cv::Rect(0, 0, gray.cols, gray.rows), cv::Mat(), out);
+    out->brisque = -1;
+    out->quality = e->min_brightness >= 0 && out->brightness < e->min_brightness
+        ? VISION_QUALITY_TOO_DARK : VISION_QUALITY_OK;
+    out->us_quality = since_us(t0);
 }
 
 /* The replay signature: a thumbnail of the whole frame, normalised to zero
@@ -736,20 +911,186 @@ static double sig_rms(const uint8_t *a, const uint8_t *b, int n)
 }
 
 /* ------------------------------------------------------------------------
+ * Head pose and motion
+ * --------------------------------------------------------------------- */
+
+static cv::Point2f point(const float lm[10], int k)
+{
+    return cv::Point2f(lm[2 * k], lm[2 * k + 1]);
+}
+
+/* The nose tip's offset from the eyes' midpoint, along the axis from the
+ * right eye to the left one, over their distance: positive towards the
+ * learner's left. Measuring along the eye axis keeps a tilted head (roll)
+ * out of it. */
+static float yaw_of(const float lm[10])
+{
+    cv::Point2f re = point(lm, 0), le = point(lm, 1), nose = point(lm, 2);
+    cv::Point2f axis = le - re, d = nose - (re + le) * 0.5f;
+    double iod2 = axis.dot(axis);
+
+    return iod2 > 1e-6 ? (float)(d.dot(axis) / iod2) : 0;
+}
+
+/* Where the homography of the outer points of a onto b leaves a's nose,
+ * against b's nose, over the mean eye distance. */
+static float residual_of(const float a[10], const float b[10])
+{
+    static const int outer[4] = {0, 1, 3, 4};
+    cv::Point2f src[4], dst[4];
+    std::vector<cv::Point2f> nose = {point(a, 2)}, moved;
+    double iod = 0.5 * (cv::norm(point(a, 1) - point(a, 0)) +
+                        cv::norm(point(b, 1) - point(b, 0)));
+    cv::Mat h;
+
+    for (int i = 0; i < 4; i++) {
+        src[i] = point(a, outer[i]);
+        dst[i] = point(b, outer[i]);
+    }
+    if (iod < 1e-3)
+        return -1;
+    h = cv::getPerspectiveTransform(src, dst, cv::DECOMP_SVD);
+    if (h.empty() || !cv::checkRange(h))
+        return -1;
+    cv::perspectiveTransform(nose, moved, h);
+    if (!cv::checkRange(moved))
+        return -1;
+    return (float)(cv::norm(moved[0] - point(b, 2)) / iod);
+}
+
+/* One pass of the refinement: the face levelled and scaled about the
+ * middle of its outer points, YuNet on that square, the detection
+ * nearest its centre mapped back into p. False when none is found. */
+static bool refine_pass(struct vision_worker *w, const cv::Mat &bgr,
+                        cv::Point2f p[5])
+{
+    cv::Point2f c = (p[0] + p[1] + p[3] + p[4]) * 0.25f, axis = p[1] - p[0];
+    double iod = cv::norm(axis), best_d = 1e30;
+    cv::Mat m, inv, crop, rows;
+    int best = -1;
+
+    if (iod < 2)
+        return false;
+    m = cv::getRotationMatrix2D(c, atan2(axis.y, axis.x) * 180 / CV_PI,
+                                REFINE_IOD / iod);
+    m.at<double>(0, 2) += REFINE_SIDE / 2.0 - c.x;
+    m.at<double>(1, 2) += REFINE_SIDE / 2.0 - c.y;
+    cv::warpAffine(bgr, crop, m, cv::Size(REFINE_SIDE, REFINE_SIDE),
+                   cv::INTER_LINEAR, cv::BORDER_REPLICATE);
+    w->yunet->setInputSize(crop.size());
+    w->yunet->detect(crop, rows);
+    for (int i = 0; i < rows.rows; i++) {
+        const float *r = rows.ptr<float>(i);
+        double dx = r[0] + r[2] / 2 - REFINE_SIDE / 2.0;
+        double dy = r[1] + r[3] / 2 - REFINE_SIDE / 2.0;
+
+        if (dx * dx + dy * dy < best_d) {
+            best_d = dx * dx + dy * dy;
+            best = i;
+        }
+    }
+    if (best < 0)
+        return false;
+    cv::invertAffineTransform(m, inv);
+    for (int k = 0; k < 5; k++) {
+        const float *r = rows.ptr<float>(best);
+        double x = r[4 + 2 * k], y = r[5 + 2 * k];
+
+        p[k] = cv::Point2f(
+            (float)(inv.at<double>(0, 0) * x + inv.at<double>(0, 1) * y +
+                    inv.at<double>(0, 2)),
+            (float)(inv.at<double>(1, 0) * x + inv.at<double>(1, 1) * y +
+                    inv.at<double>(1, 2)));
+    }
+    return true;
+}
+
+/* Refines r's landmarks (image pixels) on bgr (decoded pixels) into lm;
+ * keeps the detector's own where a pass finds nothing. */
+static void refine_landmarks(struct vision_worker *w, const cv::Mat &bgr,
+                             const struct vision_result *r, float lm[10])
+{
+    float fx = (float)r->width / bgr.cols, fy = (float)r->height / bgr.rows;
+    cv::Point2f p[5], q[5];
+
+    for (int k = 0; k < 5; k++)
+        p[k] = cv::Point2f(r->landmarks[2 * k] / fx,
+                           r->landmarks[2 * k + 1] / fy);
+    for (int pass = 0; pass < REFINE_PASSES; pass++) {
+        std::copy(p, p + 5, q);
+        if (!refine_pass(w, bgr, q))
+            break;
+        std::copy(q, q + 5, p);
+    }
+    for (int k = 0; k < 5; k++) {
+        lm[2 * k] = p[k].x * fx;
+        lm[2 * k + 1] = p[k].y * fy;
+    }
+}
+
+/* The turn in the asked direction over the usable frames, taken between
+ * the pair of frames that shows it best, and the planar residuals. */
+static void judge_motion(struct vision_burst *b)
+{
+    float sign = b->action == VISION_ACTION_TURN_LEFT ? 1.0f
+               : b->action == VISION_ACTION_TURN_RIGHT ? -1.0f : 0.0f;
+    bool usable[VISION_BURST_MAX];
+
+    b->usable = 0;
+    b->residual = b->residual_max = 0;
+    b->yaw_min = 1e9f;
+    b->yaw_max = -1e9f;
+    for (int i = 0; i < b->n; i++) {
+        usable[i] = b->found[i] && fabsf(b->yaw[i]) <= VISION_YAW_RELIABLE;
+        if (!usable[i])
+            continue;
+        b->usable++;
+        b->yaw_min = std::min(b->yaw_min, b->yaw[i]);
+        b->yaw_max = std::max(b->yaw_max, b->yaw[i]);
+    }
+    if (b->usable == 0)
+        b->yaw_min = b->yaw_max = 0;
+    b->turn = -1e9f;
+    b->turn_from = b->turn_to = -1;
+    for (int i = 0; i < b->n; i++)
+        for (int j = i + 1; j < b->n; j++) {
+            float d, res;
+
+            if (!usable[i] || !usable[j])
+                continue;
+            d = sign * (b->yaw[j] - b->yaw[i]);
+            res = residual_of(b->points[i], b->points[j]);
+            b->residual_max = std::max(b->residual_max, res);
+            if (d > b->turn) {
+                b->turn = d;
+                b->turn_from = i;
+                b->turn_to = j;
+                b->residual = res;
+            }
+        }
+    if (b->turn_from < 0 || sign == 0) {
+        b->turn = 0;
+        b->residual = 0;
+    }
+    b->turned = b->usable >= 2 && sign != 0 && b->turn >= VISION_TURN_MIN;
+    b->planar = b->residual < VISION_PLANAR_MAX;
+    b->live = b->turned && !b->planar;
+}
+
+/* ------------------------------------------------------------------------
  * The pipeline after decoding
  * --------------------------------------------------------------------- */
 
 static void analyze_face(struct vision_worker *w, const cv::Mat &bgr,
                          const struct face &f, struct vision_result *out)
 {
-    cv::Mat crop;
+    cv::Mat crop, warp = similarity(f.lm, face_template);
 
     crop.create(CROP, CROP, CV_8UC3);
-    cv::warpAffine(bgr, crop, similarity(f.lm, face_template),
-                   cv::Size(CROP, CROP), cv::INTER_LINEAR,
+    cv::warpAffine(bgr, crop, warp, cv::Size(CROP, CROP), cv::INTER_LINEAR,
                    cv::BORDER_CONSTANT, cv::Scalar(0, 0, 0));
     embed(w, crop, out);
-    quality(crop, out);
+    quality_face(w, bgr, warp, out);
 }
 
 /* bgr is the decoded image; (fx, fy) take its pixels to the image's own. */
@@ -771,7 +1112,7 @@ static void analyze_decoded(struct vision_worker *w, const cv::Mat &bgr,
     t0 = now_us();
     thumbnail(small, out->signature);
     if (best < 0) {
-        quality(small, out);
+        quality_frame(w, small, out);
         out->us_embed = since_us(t0);
         return;
     }
@@ -785,6 +1126,7 @@ static void analyze_decoded(struct vision_worker *w, const cv::Mat &bgr,
         out->landmarks[2 * k] = f.lm[k].x * fx;
         out->landmarks[2 * k + 1] = f.lm[k].y * fy;
     }
+    out->yaw = yaw_of(out->landmarks);
     analyze_face(w, bgr, f, out);
     out->us_embed = since_us(t0);
 }
@@ -795,15 +1137,48 @@ static void result_clear(struct vision_result *out)
     out->status = VISION_ERR;
 }
 
+/* Decodes into bgr, which the caller may keep looking at. */
+static int analyze_into(struct vision_worker *w, const uint8_t *jpeg,
+                        size_t len, cv::Mat &bgr, struct vision_result *out)
+{
+    out->status = decode_jpeg(w, jpeg, len, bgr, out);
+    if (out->status != VISION_OK)
+        return out->status;
+    analyze_decoded(w, bgr, out);
+    return out->status = VISION_OK;
+}
+
 static int analyze(struct vision_worker *w, const uint8_t *jpeg, size_t len,
                    struct vision_result *out)
 {
     cv::Mat bgr;
 
-    out->status = decode_jpeg(w, jpeg, len, bgr, out);
-    if (out->status != VISION_OK)
-        return out->status;
-    analyze_decoded(w, bgr, out);
+    return analyze_into(w, jpeg, len, bgr, out);
+}
+
+static int analyze_burst(struct vision_worker *w,
+                         const uint8_t *const *frames, const size_t *lens,
+                         int n, int action, struct vision_burst *out)
+{
+    int64_t t0 = now_us();
+
+    out->given = n;
+    out->n = std::max(0, std::min(n, VISION_BURST_MAX));
+    out->action = action;
+    for (int i = 0; i < out->n; i++) {
+        struct vision_result *r = &out->frame[i];
+        cv::Mat bgr;
+
+        result_clear(r);
+        if (analyze_into(w, frames[i], lens[i], bgr, r) != VISION_OK ||
+            r->faces == 0 || w->engine->degraded)
+            continue;
+        refine_landmarks(w, bgr, r, out->points[i]);
+        out->yaw[i] = yaw_of(out->points[i]);
+        out->found[i] = 1;
+    }
+    judge_motion(out);
+    out->us_total = since_us(t0);
     return out->status = VISION_OK;
 }
 
@@ -855,6 +1230,69 @@ static int transcode(const uint8_t *data, size_t len, double scale,
     *out = (uint8_t *)malloc(jpg.size());
     if (*out == NULL) {
         set_err(err, errlen, "transcode: out of memory");
+        return VISION_ERR;
+    }
+    memcpy(*out, jpg.data(), jpg.size());
+    *outlen = jpg.size();
+    return VISION_OK;
+}
+
+static void edit_image(cv::Mat &img, const struct vision_edit *e)
+{
+    const cv::Scalar grey(128, 128, 128);
+
+    if (e->scale > 0 && e->scale != 1.0) {
+        cv::Size size(std::max(1, (int)lround(img.cols * e->scale)),
+                      std::max(1, (int)lround(img.rows * e->scale)));
+        cv::resize(img, img, size, 0, 0,
+                   e->scale < 1 ? cv::INTER_AREA : cv::INTER_LINEAR);
+    }
+    if (e->pad > 0)
+        cv::copyMakeBorder(img, img, e->pad, e->pad, e->pad, e->pad,
+                           cv::BORDER_CONSTANT, grey);
+    if (e->mirror)
+        cv::flip(img, img, 1);
+    if (e->warp) {
+        float w = (float)img.cols, h = (float)img.rows;
+        cv::Point2f src[4] = {{0, 0}, {w, 0}, {w, h}, {0, h}}, dst[4];
+
+        for (int k = 0; k < 4; k++)
+            dst[k] = cv::Point2f((float)e->corners[2 * k],
+                                 (float)e->corners[2 * k + 1]);
+        cv::warpPerspective(img, img, cv::getPerspectiveTransform(src, dst),
+                            img.size(), cv::INTER_LINEAR,
+                            cv::BORDER_CONSTANT, grey);
+    }
+    if (e->gain > 0)
+        img.convertTo(img, -1, e->gain, 0);
+    if (e->contrast > 0) {
+        cv::Mat gray;
+
+        cv::cvtColor(img, gray, cv::COLOR_BGR2GRAY);
+        img.convertTo(img, -1, e->contrast,
+                      cv::mean(gray)[0] * (1 - e->contrast));
+    }
+    if (e->blur_sigma > 0)
+        cv::GaussianBlur(img, img, cv::Size(0, 0), e->blur_sigma);
+}
+
+static int edit(const uint8_t *data, size_t len, const struct vision_edit *e,
+                uint8_t **out, size_t *outlen, char *err, size_t errlen)
+{
+    cv::Mat img = cv::imdecode(cv::Mat(1, (int)len, CV_8U, (void *)data),
+                               cv::IMREAD_COLOR);
+    std::vector<uchar> jpg;
+
+    if (img.empty()) {
+        set_err(err, errlen, "edit: not an image");
+        return VISION_BAD_IMAGE;
+    }
+    edit_image(img, e);
+    cv::imencode(".jpg", img, jpg,
+                 {cv::IMWRITE_JPEG_QUALITY, e->quality > 0 ? e->quality : 90});
+    *out = (uint8_t *)malloc(jpg.size());
+    if (*out == NULL) {
+        set_err(err, errlen, "edit: out of memory");
         return VISION_ERR;
     }
     memcpy(*out, jpg.data(), jpg.size());
@@ -974,6 +1412,60 @@ float vision_similarity(const float *a, const float *b, int dim)
     return (float)(dot / sqrt(na * nb));
 }
 
+int vision_analyze_burst(struct vision_worker *worker,
+                         const uint8_t *const *frames, const size_t *lens,
+                         int n, int action, struct vision_burst *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->status = VISION_ERR;
+    try {
+        return analyze_burst(worker, frames, lens, n, action, out);
+    }
+    CATCH_ALL(out->error, sizeof(out->error), "vision_analyze_burst",
+              out->status = VISION_ERR)
+}
+
+void vision_burst_judge(struct vision_burst *burst, int action)
+{
+    burst->action = action;
+    try {
+        judge_motion(burst);
+    } catch (...) {
+        burst->turned = burst->live = 0;
+    }
+}
+
+float vision_yaw(const float landmarks[10])
+{
+    return yaw_of(landmarks);
+}
+
+float vision_planar_residual(const float a[10], const float b[10])
+{
+    try {
+        return residual_of(a, b);
+    } catch (...) {
+        return -1;
+    }
+}
+
+const char *vision_quality_hint(int quality)
+{
+    switch (quality) {
+    case VISION_QUALITY_FACE_TOO_SMALL: return "face_too_small";
+    case VISION_QUALITY_TOO_DARK: return "too_dark";
+    case VISION_QUALITY_LOW_CONTRAST: return "low_contrast";
+    case VISION_QUALITY_BLURRY: return "blurry";
+    case VISION_QUALITY_POOR_IMAGE: return "poor_image";
+    default: return "";
+    }
+}
+
+int vision_brisque(const struct vision_engine *engine)
+{
+    return !engine->brisque_model.empty();
+}
+
 float vision_signature_distance(const uint8_t *a, const uint8_t *b)
 {
     return (float)sig_rms(a, b, SIG_W * SIG_H);
@@ -989,6 +1481,18 @@ int vision_transcode(const uint8_t *data, size_t len, double scale,
         return transcode(data, len, scale, quality, out, outlen, err, errlen);
     }
     CATCH_ALL(err, errlen, "vision_transcode", VISION_ERR)
+}
+
+int vision_edit(const uint8_t *data, size_t len,
+                const struct vision_edit *e, uint8_t **out, size_t *outlen,
+                char *err, size_t errlen)
+{
+    *out = NULL;
+    *outlen = 0;
+    try {
+        return edit(data, len, e, out, outlen, err, errlen);
+    }
+    CATCH_ALL(err, errlen, "vision_edit", VISION_ERR)
 }
 
 }

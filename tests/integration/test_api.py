@@ -617,7 +617,8 @@ def test_session_timeline(daemon, redis):
 
 def test_session_timeline_of_a_real_session(daemon_factory):
     d = daemon_factory({"policy.heartbeat_interval": "500ms",
-                        "policy.check_interval": "1h"})
+                        "policy.check_interval": "1h",
+                        "policy.liveness_share": "0"})
     assert put_photo(d, "live-1", face(PHOTO))[0] == 201
 
     async def scenario():

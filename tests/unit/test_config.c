@@ -104,6 +104,9 @@ static void test_defaults(void **state)
     assert_true(cfg.second_face_ratio == 0.25);
     assert_int_equal(cfg.max_pixels, 16000000);
     assert_int_equal(cfg.vision_queue, 64);
+    assert_true(cfg.min_face_px == 24 && cfg.min_brightness == 40);
+    assert_true(cfg.min_contrast == 15 && cfg.min_sharpness == 8);
+    assert_true(cfg.max_brisque == 65);
     assert_true(cfg.manager.min_hours == 12 && cfg.manager.max_hours == 48);
     assert_true(cfg.safety_officer.min_hours == 12 &&
                 cfg.safety_officer.max_hours == 48);
@@ -409,6 +412,12 @@ static void test_out_of_range(void **state)
     expect_error_prefix("[vision]\nmax_pixels = 16M\n",
                         "vision.max_pixels: bad integer \"16M\"");
     expect_error_prefix("[vision]\nqueue = 0\n", "vision.queue: out of range");
+    expect_error_prefix("[vision]\nmin_brightness = 300\n",
+                        "vision.min_brightness: out of range");
+    expect_error_prefix("[vision]\nmax_brisque = -1\n",
+                        "vision.max_brisque: out of range");
+    expect_error_prefix("[vision]\nmin_face_px = wide\n",
+                        "vision.min_face_px: bad number");
     expect_error_prefix("[auth]\nleeway = 2h\n", "auth.leeway: out of range");
     expect_error_prefix("[requirements]\nonline_share = 140%\n",
                         "requirements.online_share: out of range");

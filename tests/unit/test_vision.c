@@ -1,8 +1,11 @@
 /* Unit tests for daemon/vision: real photographs from ../shared/data
  * through the daemon's own JPEG path (one face, group photos, same and
  * different people), refusal of bytes that are not a JPEG, truncated or
- * claiming absurd dimensions, the replay signature, model checksums and
- * the cascade fallback. Skipped when the shared models are absent. */
+ * claiming absurd dimensions, the replay signature, model checksums, the
+ * cascade fallback, the quality gate on darkened, flattened, blurred and
+ * shrunk copies, and liveness: the yaw's sign on turned and mirrored
+ * faces, photos moved by random homographies, and a real head turning in
+ * the shared video. Skipped when the shared models are absent. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +29,12 @@
 #define OTHER LFW "Serena_Williams/Serena_Williams_0001.jpg"
 #define GROUP "/data/faces/named_color/_multi/obama_and_biden.jpg"
 #define PNG "/data/faces/named_color/alex_lacamoire/alex-lacamoire.png"
+#define VIDEO "/data/video/face_640x480_15fps.y4m"
+/* Looking towards the image's right: turned to his own left. */
+#define TURNED_LEFT LFW "Hugo_Chavez/Hugo_Chavez_0003.jpg"
+/* Looking towards the image's left: turned to his own right. */
+#define TURNED_RIGHT LFW "Ariel_Sharon/Ariel_Sharon_0007.jpg"
+#define FRONTAL LFW "Colin_Powell/Colin_Powell_0009.jpg"
 #define YUNET "face_detection_yunet_2022mar.onnx"
 #define FR512 "faceplugin_fr_feature.onnx"
 
@@ -37,6 +46,15 @@ struct fixture {
 };
 
 static struct fixture fx;
+
+/* The shared video's frames as quality-90 JPEGs, loaded once. */
+#define VIDEO_MAX 64
+
+static struct {
+    int n;
+    uint8_t *jpg[VIDEO_MAX];
+    size_t len[VIDEO_MAX];
+} vid;
 
 /* ------------------------------------------------------------------------
  * Helpers
@@ -169,6 +187,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
+    for (int i = 0; i < vid.n; i++)
+        free(vid.jpg[i]);
     vision_worker_free(fx.worker);
     vision_engine_free(fx.engine);
     return 0;
@@ -454,6 +474,420 @@ static void test_replay_signature(void **state)
 }
 
 /* ------------------------------------------------------------------------
+ * Quality gate
+ * --------------------------------------------------------------------- */
+
+/* A shared image edited as e says, analysed. */
+static int analyze_edited(const char *rel, const struct vision_edit *e,
+                          struct vision_result *r)
+{
+    size_t len, olen;
+    uint8_t *src = read_file(shared_path(rel), &len), *out;
+    char err[256];
+    int rc;
+
+    if (vision_edit(src, len, e, &out, &olen, err, sizeof(err)) != VISION_OK)
+        fail_msg("vision_edit %s: %s", rel, err);
+    rc = vision_analyze(fx.worker, out, olen, r);
+    free(out);
+    free(src);
+    return rc;
+}
+
+/* Real photos pass; dark (x0.15), flat (contrast x0.2), blurred (sigma
+ * 4) and shrunk (x0.25) copies of them are caught, each for its reason. */
+static void test_quality_gate(void **state)
+{
+    static const char *const photos[] = {
+        SAME_A, SAME_B, OTHER, TURNED_LEFT, TURNED_RIGHT,
+        "/data/faces/att_faces/s3/1.pgm", "/data/faces/att_faces/s11/4.pgm",
+    };
+    static const struct {
+        struct vision_edit e;
+        int quality;
+    } bad[] = {
+        {{.gain = 0.15}, VISION_QUALITY_TOO_DARK},
+        {{.contrast = 0.2}, VISION_QUALITY_LOW_CONTRAST},
+        {{.blur_sigma = 4}, VISION_QUALITY_BLURRY},
+        {{.scale = 0.25}, VISION_QUALITY_FACE_TOO_SMALL},
+    };
+    struct vision_result r;
+    struct vision_edit same = {.quality = 90};
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(photos) / sizeof(photos[0]); i++) {
+        assert_int_equal(analyze_edited(photos[i], &same, &r), VISION_OK);
+        if (r.faces != 1 || r.quality != VISION_QUALITY_OK)
+            fail_msg("%s: faces %d quality %d", photos[i], r.faces,
+                     r.quality);
+        if (vision_brisque(fx.engine))
+            assert_true(r.brisque >= 0 && r.brisque <=
+                        VISION_DEFAULT_MAX_BRISQUE);
+        for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+            assert_int_equal(analyze_edited(photos[i], &bad[k].e, &r),
+                             VISION_OK);
+            if (r.quality != bad[k].quality)
+                fail_msg("%s, variant %zu: quality %d (%s), wanted %s",
+                         photos[i], k, r.quality,
+                         vision_quality_hint(r.quality),
+                         vision_quality_hint(bad[k].quality));
+        }
+    }
+    assert_string_equal(vision_quality_hint(VISION_QUALITY_TOO_DARK),
+                        "too_dark");
+    assert_string_equal(vision_quality_hint(VISION_QUALITY_OK), "");
+}
+
+/* A grey noise frame: no face, lit, as an empty room. */
+static uint8_t *noise_jpeg(double gain, size_t *len)
+{
+    size_t n = 15 + 320 * 240 * 3;
+    uint8_t *ppm = malloc(n), *out;
+    struct vision_edit e = {.gain = gain};
+    unsigned seed = 7;
+
+    assert_non_null(ppm);
+    memcpy(ppm, "P6 320 240 255\n", 15);
+    for (size_t i = 15; i < n; i++)
+        ppm[i] = (uint8_t)(120 + rand_r(&seed) % 16);
+    assert_int_equal(vision_edit(ppm, n, &e, &out, len, NULL, 0), VISION_OK);
+    free(ppm);
+    return out;
+}
+
+/* Without a face only darkness counts: an empty lit room stays a frame
+ * with no face, a dark one is too dark to tell. */
+static void test_quality_without_face(void **state)
+{
+    struct vision_result r;
+    size_t len;
+    uint8_t *lit = noise_jpeg(0, &len), *dark;
+
+    (void)state;
+    assert_int_equal(vision_analyze(fx.worker, lit, len, &r), VISION_OK);
+    assert_int_equal(r.faces, 0);
+    assert_int_equal(r.quality, VISION_QUALITY_OK);
+    dark = noise_jpeg(0.15, &len);
+    assert_int_equal(vision_analyze(fx.worker, dark, len, &r), VISION_OK);
+    assert_int_equal(r.faces, 0);
+    assert_int_equal(r.quality, VISION_QUALITY_TOO_DARK);
+    free(lit);
+    free(dark);
+}
+
+/* Negative options turn checks off; BRISQUE is then not computed. */
+static void test_quality_options(void **state)
+{
+    struct vision_options opt = {0};
+    struct vision_edit dark = {.gain = 0.15};
+    struct vision_engine *e;
+    struct vision_worker *w, *keep = fx.worker;
+    struct vision_result r;
+    char err[256];
+
+    (void)state;
+    opt.models_dir = fx.models;
+    opt.min_face_px = opt.min_brightness = opt.min_contrast = -1;
+    opt.min_sharpness = opt.max_brisque = -1;
+    e = vision_engine_new(&opt, err, sizeof(err));
+    assert_non_null(e);
+    assert_int_equal(vision_brisque(e), 0);
+    w = vision_worker_new(e, err, sizeof(err));
+    assert_non_null(w);
+    fx.worker = w;
+    assert_int_equal(analyze_edited(SAME_A, &dark, &r), VISION_OK);
+    fx.worker = keep;
+    assert_int_equal(r.faces, 1);
+    assert_int_equal(r.quality, VISION_QUALITY_OK);
+    assert_true(r.brisque == -1);
+    vision_worker_free(w);
+    vision_engine_free(e);
+}
+
+/* YuNet 2022mar throws on inputs under about 62 pixels a side; such an
+ * image is padded, not refused. */
+static void test_small_image(void **state)
+{
+    struct vision_edit e = {.scale = 0.35};
+    struct vision_result r;
+
+    (void)state;
+    assert_int_equal(analyze_edited(SAME_A, &e, &r), VISION_OK);
+    assert_int_equal(r.width, 53);
+    assert_int_equal(r.faces, 1);
+    assert_int_equal(r.quality, VISION_QUALITY_FACE_TOO_SMALL);
+}
+
+/* ------------------------------------------------------------------------
+ * Liveness
+ * --------------------------------------------------------------------- */
+
+static uint8_t clamp_u8(double v)
+{
+    return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)lround(v);
+}
+
+/* One limited-range BT.601 4:2:0 frame as a binary PPM. */
+static uint8_t *yuv_to_ppm(const uint8_t *yuv, int w, int h, size_t *len)
+{
+    const uint8_t *u = yuv + (size_t)w * h, *v = u + (size_t)(w / 2) * (h / 2);
+    int hdr;
+    uint8_t *ppm = malloc((size_t)w * h * 3 + 32), *p;
+
+    assert_non_null(ppm);
+    hdr = sprintf((char *)ppm, "P6 %d %d 255\n", w, h);
+    p = ppm + hdr;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            double c = 1.164 * (yuv[y * w + x] - 16);
+            double d = u[(y / 2) * (w / 2) + x / 2] - 128;
+            double e = v[(y / 2) * (w / 2) + x / 2] - 128;
+
+            *p++ = clamp_u8(c + 1.596 * e);
+            *p++ = clamp_u8(c - 0.392 * d - 0.813 * e);
+            *p++ = clamp_u8(c + 2.017 * d);
+        }
+    *len = (size_t)(p - ppm);
+    return ppm;
+}
+
+static void load_video(void)
+{
+    FILE *f;
+    char line[512];
+    int w = 640, h = 480;
+    size_t fsize = (size_t)w * h * 3 / 2;
+    uint8_t *yuv;
+
+    if (vid.n > 0)
+        return;
+    f = fopen(shared_path(VIDEO), "rb");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof(line), f));
+    assert_non_null(strstr(line, "W640 H480"));
+    yuv = malloc(fsize);
+    assert_non_null(yuv);
+    while (vid.n < VIDEO_MAX && fgets(line, sizeof(line), f) &&
+           strncmp(line, "FRAME", 5) == 0 && fread(yuv, 1, fsize, f) == fsize) {
+        size_t plen;
+        uint8_t *ppm = yuv_to_ppm(yuv, w, h, &plen);
+
+        assert_int_equal(vision_transcode(ppm, plen, 1.0, 90,
+                                          &vid.jpg[vid.n], &vid.len[vid.n],
+                                          NULL, 0), VISION_OK);
+        vid.n++;
+        free(ppm);
+    }
+    free(yuv);
+    fclose(f);
+    assert_int_equal(vid.n, 63);
+}
+
+/* A burst of four video frames, first + k * stride. */
+static void video_burst(int first, int stride, int action,
+                        struct vision_burst *b)
+{
+    const uint8_t *frames[4];
+    size_t lens[4];
+
+    load_video();
+    for (int k = 0; k < 4; k++) {
+        frames[k] = vid.jpg[first + k * stride];
+        lens[k] = vid.len[first + k * stride];
+    }
+    assert_int_equal(vision_analyze_burst(fx.worker, frames, lens, 4, action,
+                                          b), VISION_OK);
+}
+
+/* The sign on real photos seen turned, and on their mirror images: the
+ * sign is the learner's own side, in an unmirrored picture. */
+static void test_yaw_sign(void **state)
+{
+    struct vision_edit mirror = {.mirror = 1};
+    struct vision_result r, m;
+
+    (void)state;
+    assert_int_equal(analyze_path(fx.worker, TURNED_LEFT, &r), VISION_OK);
+    assert_int_equal(analyze_edited(TURNED_LEFT, &mirror, &m), VISION_OK);
+    assert_true(r.yaw > 0.2f);
+    assert_true(m.yaw < -0.2f);
+    assert_float_equal(vision_yaw(r.landmarks), r.yaw, 1e-6);
+
+    assert_int_equal(analyze_path(fx.worker, TURNED_RIGHT, &r), VISION_OK);
+    assert_int_equal(analyze_edited(TURNED_RIGHT, &mirror, &m), VISION_OK);
+    assert_true(r.yaw < -0.2f);
+    assert_true(m.yaw > 0.2f);
+    /* Not exactly opposite: YuNet is not mirror-symmetric (over lfw the
+     * sum is 0.04 at the median, 0.16 at the 99th percentile). */
+    assert_true(fabsf(r.yaw + m.yaw) < 0.25f);
+
+    /* Nearly frontal. */
+    assert_int_equal(analyze_path(fx.worker, FRONTAL, &r), VISION_OK);
+    assert_true(fabsf(r.yaw) < 0.1f);
+}
+
+/* A rotation, scale, shift and corner push, as a photo held up and moved
+ * about; a fixed generator, so the test is the same every run. */
+static void random_pose(struct vision_edit *e, int w, int h, unsigned *seed)
+{
+    double cw = w + 2.0 * e->pad, ch = h + 2.0 * e->pad;
+#define RND(lo, hi) ((lo) + ((hi) - (lo)) * (rand_r(seed) / (double)RAND_MAX))
+    double a = RND(-0.35, 0.35), sc = RND(0.8, 1.2);
+    double tx = RND(-0.1, 0.1) * cw, ty = RND(-0.1, 0.1) * ch;
+    double cx[4] = {0, cw, cw, 0}, cy[4] = {0, 0, ch, ch};
+
+    e->warp = 1;
+    for (int k = 0; k < 4; k++) {
+        double x = cx[k] - cw / 2, y = cy[k] - ch / 2;
+
+        e->corners[2 * k] = sc * (cos(a) * x - sin(a) * y) + cw / 2 + tx +
+                            RND(-0.06, 0.06) * cw;
+        e->corners[2 * k + 1] = sc * (sin(a) * x + cos(a) * y) + ch / 2 +
+                                ty + RND(-0.06, 0.06) * ch;
+    }
+#undef RND
+}
+
+/* Photos moved by random homographies: every frame shows the face, none
+ * of the bursts is live for either action. */
+static void test_planar_photo(void **state)
+{
+    static const char *const photos[] = {SAME_A, OTHER, TURNED_LEFT,
+                                         TURNED_RIGHT};
+    static struct vision_burst b;
+    unsigned seed = 12345;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(photos) / sizeof(photos[0]); i++) {
+        size_t len, lens[4];
+        uint8_t *src = read_file(shared_path(photos[i]), &len), *jpg[4];
+
+        for (int burst = 0; burst < 3; burst++) {
+            for (int k = 0; k < 4; k++) {
+                struct vision_edit e = {.pad = 75};
+
+                random_pose(&e, 150, 150, &seed);
+                assert_int_equal(vision_edit(src, len, &e, &jpg[k], &lens[k],
+                                             NULL, 0), VISION_OK);
+            }
+            assert_int_equal(vision_analyze_burst(
+                                 fx.worker, (const uint8_t *const *)jpg,
+                                 lens, 4, VISION_ACTION_TURN_LEFT, &b),
+                             VISION_OK);
+            assert_int_equal(b.usable, 4);
+            assert_false(b.live);
+            vision_burst_judge(&b, VISION_ACTION_TURN_RIGHT);
+            assert_false(b.live);
+            assert_true(b.residual_max < 0.3f);
+            for (int k = 0; k < 4; k++)
+                free(jpg[k]);
+        }
+        free(src);
+    }
+}
+
+/* The man in the shared video turns his head to his own right over
+ * frames 0..21 (1.4 s) and back to his left over frames 16..37: real
+ * turns, judged live for the way he turned and not for the other. */
+static void test_video_turn(void **state)
+{
+    static struct vision_burst b;
+
+    (void)state;
+    video_burst(0, 7, VISION_ACTION_TURN_RIGHT, &b);
+    assert_int_equal(b.usable, 4);
+    assert_true(b.turned && !b.planar && b.live);
+    assert_true(b.turn >= VISION_TURN_MIN && b.residual >= VISION_PLANAR_MAX);
+    vision_burst_judge(&b, VISION_ACTION_TURN_LEFT);
+    assert_false(b.turned);
+    assert_false(b.live);
+
+    video_burst(16, 7, VISION_ACTION_TURN_LEFT, &b);
+    assert_true(b.live);
+    assert_true(b.yaw[0] < 0 && b.yaw[3] > 0);
+    vision_burst_judge(&b, VISION_ACTION_TURN_RIGHT);
+    assert_false(b.live);
+}
+
+/* Every window of the video over 1.4 s: wherever the head turned at
+ * least VISION_TURN_MIN one way, that way is judged live. Four copies of
+ * one frame are still: never live. */
+static void test_video_windows(void **state)
+{
+    static struct vision_burst b;
+    const uint8_t *same[4];
+    size_t lens[4];
+    int turned = 0;
+
+    (void)state;
+    for (int first = 0; first + 21 < 63; first += 3) {
+        video_burst(first, 7, VISION_ACTION_TURN_LEFT, &b);
+        for (int a = VISION_ACTION_TURN_LEFT; a <= VISION_ACTION_TURN_RIGHT;
+             a++) {
+            vision_burst_judge(&b, a);
+            turned += b.turned;
+            if (b.turned && !b.live)
+                fail_msg("frames %d..%d, action %d: turn %.3f residual %.3f "
+                         "judged planar", first, first + 21, a, b.turn,
+                         b.residual);
+        }
+    }
+    assert_true(turned >= 14);
+
+    for (int k = 0; k < 4; k++) {
+        same[k] = vid.jpg[10];
+        lens[k] = vid.len[10];
+    }
+    assert_int_equal(vision_analyze_burst(fx.worker, same, lens, 4,
+                                          VISION_ACTION_TURN_LEFT, &b),
+                     VISION_OK);
+    assert_false(b.turned);
+    assert_false(b.live);
+}
+
+static void test_burst_edges(void **state)
+{
+    static struct vision_burst b;
+    static const uint8_t junk[] = "not a jpeg";
+    const uint8_t *frames[VISION_BURST_MAX + 2];
+    size_t lens[VISION_BURST_MAX + 2];
+
+    (void)state;
+    load_video();
+    assert_int_equal(vision_analyze_burst(fx.worker, frames, lens, 0,
+                                          VISION_ACTION_TURN_LEFT, &b),
+                     VISION_OK);
+    assert_int_equal(b.n, 0);
+    assert_false(b.live);
+
+    /* A corrupt frame is that frame's failure, not the burst's. */
+    for (int k = 0; k < VISION_BURST_MAX + 2; k++) {
+        frames[k] = vid.jpg[k];
+        lens[k] = vid.len[k];
+    }
+    frames[1] = junk;
+    lens[1] = sizeof(junk);
+    assert_int_equal(vision_analyze_burst(fx.worker, frames, lens, 3,
+                                          VISION_ACTION_NONE, &b),
+                     VISION_OK);
+    assert_int_equal(b.frame[1].status, VISION_BAD_IMAGE);
+    assert_int_equal(b.found[1], 0);
+    assert_int_equal(b.found[0], 1);
+    assert_false(b.turned);
+
+    /* Frames past the maximum are not looked at. */
+    frames[1] = vid.jpg[1];
+    lens[1] = vid.len[1];
+    assert_int_equal(vision_analyze_burst(fx.worker, frames, lens,
+                                          VISION_BURST_MAX + 2,
+                                          VISION_ACTION_TURN_RIGHT, &b),
+                     VISION_OK);
+    assert_int_equal(b.given, VISION_BURST_MAX + 2);
+    assert_int_equal(b.n, VISION_BURST_MAX);
+    assert_int_equal(b.frame[0].faces, 1);
+}
+
+/* ------------------------------------------------------------------------
  * Model files
  * --------------------------------------------------------------------- */
 
@@ -577,6 +1011,15 @@ int main(void)
         cmocka_unit_test_setup(test_absurd_dimensions, need_engine),
         cmocka_unit_test_setup(test_max_pixels_option, need_engine),
         cmocka_unit_test_setup(test_replay_signature, need_engine),
+        cmocka_unit_test_setup(test_quality_gate, need_engine),
+        cmocka_unit_test_setup(test_quality_without_face, need_engine),
+        cmocka_unit_test_setup(test_quality_options, need_engine),
+        cmocka_unit_test_setup(test_small_image, need_engine),
+        cmocka_unit_test_setup(test_yaw_sign, need_engine),
+        cmocka_unit_test_setup(test_planar_photo, need_engine),
+        cmocka_unit_test_setup(test_video_turn, need_engine),
+        cmocka_unit_test_setup(test_video_windows, need_engine),
+        cmocka_unit_test_setup(test_burst_edges, need_engine),
         cmocka_unit_test_setup(test_wrong_checksum, need_engine),
         cmocka_unit_test_setup(test_no_models, need_engine),
         cmocka_unit_test_setup(test_degraded_without_yunet, need_engine),

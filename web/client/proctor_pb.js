@@ -1053,6 +1053,7 @@ export const proctor = $root.proctor = (() => {
             Verdict.prototype.outcome = 0;
             Verdict.prototype.similarity = 0;
             Verdict.prototype.faces = 0;
+            Verdict.prototype.hint = "";
 
             Verdict.create = function(properties) {
                 return new Verdict(properties);
@@ -1073,6 +1074,8 @@ export const proctor = $root.proctor = (() => {
                     writer.uint32(29).float(message.similarity);
                 if (message.faces != null && $Object.hasOwnProperty.call(message, "faces") && message.faces !== 0)
                     writer.uint32(32).uint32(message.faces);
+                if (message.hint != null && $Object.hasOwnProperty.call(message, "hint") && message.hint !== "")
+                    writer.uint32(42).string(message.hint);
                 if (message.$unknowns != null && $Object.hasOwnProperty.call(message, "$unknowns"))
                     for (let i = 0; i < message.$unknowns.length; ++i)
                         writer.raw(message.$unknowns[i]);
@@ -1140,6 +1143,15 @@ export const proctor = $root.proctor = (() => {
                                 message.faces = value;
                             else
                                 delete message.faces;
+                            continue;
+                        }
+                    case 5: {
+                            if (wireType !== 2)
+                                break;
+                            if ((value = reader.stringVerify()).length)
+                                message.hint = value;
+                            else
+                                delete message.hint;
                             continue;
                         }
                     }
