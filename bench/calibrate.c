@@ -1117,6 +1117,217 @@ static void report_planar_set(struct vision_worker *w,
     free(resmax.v);
 }
 
+/* ORL photographs each person at several head angles: four of one
+ * person's photos in order of yaw stand for a head turning that way. The
+ * person's most frontal photo is the enrolment, the first of the four the
+ * evidence frame. A sequence spanning at least VISION_TURN_MIN of yaw is
+ * a genuine turn that should pass; one spanning less is a learner who did
+ * not turn enough, and SPOOF is the right answer for it. */
+struct orl_tally {
+    int seq[2], live[2], ident[2], evidence[2], accepted[2];
+    struct scores span, res;
+};
+
+static int by_yaw(const void *a, const void *b)
+{
+    const struct sample *x = *(const struct sample *const *)a;
+    const struct sample *y = *(const struct sample *const *)b;
+
+    return (x->r.yaw > y->r.yaw) - (x->r.yaw < y->r.yaw);
+}
+
+static void orl_sequence(struct vision_worker *w, struct sample **four,
+                         const struct sample *enrol, int action, float t,
+                         struct orl_tally *ot)
+{
+    static struct vision_burst b;
+    uint8_t *data[4] = {0};
+    size_t lens[4];
+    int ok = 1, genuine, ident;
+    float span;
+
+    /* ORL is PGM; a client sends JPEGs (quality 90, as vision_edit's). */
+    for (int k = 0; k < 4; k++) {
+        struct vision_edit none = {0};
+        uint8_t *raw;
+        size_t rlen;
+
+        if (read_all(four[k]->path, &raw, &rlen) < 0) {
+            ok = 0;
+            continue;
+        }
+        if (vision_edit(raw, rlen, &none, &data[k], &lens[k], NULL, 0) !=
+            VISION_OK)
+            ok = 0;
+        free(raw);
+    }
+    if (ok) {
+        vision_analyze_burst(w, (const uint8_t *const *)data, lens, 4,
+                             action, &b);
+        span = fabsf(four[3]->r.yaw - four[0]->r.yaw);
+        genuine = span >= VISION_TURN_MIN;
+        scores_add(&ot->span, span);
+        ot->seq[genuine]++;
+        ot->live[genuine] += b.live;
+        if (b.turned)
+            scores_add(&ot->res, b.residual);
+        ident = burst_min_similarity(&b, enrol->r.embedding) >=
+                    VISION_BURST_FLOOR_ENROLLED &&
+                burst_min_adjacent(&b) >= VISION_BURST_FLOOR_ADJACENT;
+        ot->ident[genuine] += ident;
+        ot->evidence[genuine] +=
+            vision_similarity(b.frame[0].embedding, enrol->r.embedding,
+                              b.frame[0].dim) >= t;
+        ot->accepted[genuine] +=
+            b.live && ident &&
+            vision_similarity(b.frame[0].embedding, enrol->r.embedding,
+                              b.frame[0].dim) >= t;
+    }
+    for (int k = 0; k < 4; k++)
+        free(data[k]);
+}
+
+static void report_orl_turns(struct vision_worker *w,
+                             const struct sample_set *set, float t, int per)
+{
+    struct orl_tally ot[3] = {0};
+    struct sample *mine[MAX_SAMPLES], *four[4];
+
+    for (int i = 0; i < set->n;) {
+        int n = 0, j = i, enrol = -1;
+
+        while (j < set->n && strcmp(set->s[j].id, set->s[i].id) == 0) {
+            if (set->s[j].r.faces == 1 && set->s[j].r.dim > 0)
+                mine[n++] = &set->s[j];
+            j++;
+        }
+        i = j;
+        if (n < 5)
+            continue;
+        for (int k = 0; k < n; k++)
+            if (enrol < 0 || fabsf(mine[k]->r.yaw) < fabsf(mine[enrol]->r.yaw))
+                enrol = k;
+        {
+            struct sample *e = mine[enrol];
+
+            mine[enrol] = mine[--n];
+            qsort(mine, (size_t)n, sizeof(mine[0]), by_yaw);
+            for (int s = 0; s < per; s++) {
+                int pick[4], c = 0;
+
+                /* Four distinct photos, kept in order of yaw. */
+                while (c < 4) {
+                    int v = (int)rnd(0, n), dup = 0;
+
+                    for (int q = 0; q < c; q++)
+                        dup |= pick[q] == v;
+                    if (!dup && v < n)
+                        pick[c++] = v;
+                }
+                for (int a = 0; a < 4; a++)
+                    for (int b2 = a + 1; b2 < 4; b2++)
+                        if (pick[b2] < pick[a]) {
+                            int tmp = pick[a];
+
+                            pick[a] = pick[b2];
+                            pick[b2] = tmp;
+                        }
+                /* Rising yaw turns the head to the learner's left. */
+                for (int k = 0; k < 4; k++)
+                    four[k] = mine[pick[k]];
+                orl_sequence(w, four, e, VISION_ACTION_TURN_LEFT, t, &ot[1]);
+                for (int k = 0; k < 4; k++)
+                    four[k] = mine[pick[3 - k]];
+                orl_sequence(w, four, e, VISION_ACTION_TURN_RIGHT, t,
+                             &ot[2]);
+            }
+        }
+    }
+    for (int a = 1; a <= 2; a++) {
+        const char *way = a == 1 ? "left" : "right";
+
+        printf("ORL as turning heads, %s: %d sequences spanning >= %.2f of "
+               "yaw: judged live %d (%.1f%%), identity floors kept %d, "
+               "evidence frame matches %d, accepted (all three) %d "
+               "(%.1f%%); %d spanning less: judged live %d (%.1f%%), "
+               "accepted %d; span p50 %.3f; residual of the turned p5 "
+               "%.3f p50 %.3f\n", way, ot[a].seq[1], VISION_TURN_MIN,
+               ot[a].live[1], pct(ot[a].live[1], ot[a].seq[1]),
+               ot[a].ident[1], ot[a].evidence[1], ot[a].accepted[1],
+               pct(ot[a].accepted[1], ot[a].seq[1]), ot[a].seq[0],
+               ot[a].live[0], pct(ot[a].live[0], ot[a].seq[0]),
+               ot[a].accepted[0], quantile(&ot[a].span, 0.5),
+               quantile(&ot[a].res, 0.05), quantile(&ot[a].res, 0.5));
+        free(ot[a].span.v);
+        free(ot[a].res.v);
+    }
+}
+
+/* How pose bears on verification: the probe's |yaw| in bins, against
+ * frontal enrolments (|yaw| under 0.2) of the same person (genuine) and
+ * of others (impostors). A pose gate turning a non-match with |yaw| over
+ * a bound into LOW_QUALITY saves the genuine non-matches of the upper
+ * bins from a flag, and defers (does not miss) the impostors there. */
+#define POSE_BINS 5
+static const float pose_edge[POSE_BINS] = {0.0f, 0.2f, 0.3f, 0.45f, 0.6f};
+
+static int pose_bin(float yaw)
+{
+    int k = POSE_BINS - 1;
+
+    while (k > 0 && fabsf(yaw) < pose_edge[k])
+        k--;
+    return k;
+}
+
+static void report_pose(struct sample_set **sets, int nsets, float t)
+{
+    for (int si = 0; si < nsets; si++) {
+        const struct sample_set *set = sets[si];
+        long probes[POSE_BINS] = {0}, gen[POSE_BINS] = {0};
+        long gen_miss[POSE_BINS] = {0}, imp[POSE_BINS] = {0};
+        long imp_hit[POSE_BINS] = {0};
+
+        for (int i = 0; i < set->n; i++) {
+            const struct sample *p = &set->s[i];
+            int k = pose_bin(p->r.yaw);
+
+            if (p->r.faces != 1 || p->r.dim == 0)
+                continue;
+            probes[k]++;
+            if (fabsf(p->r.yaw) >= VISION_POSE_MAX)
+                printf("  turned: %s yaw %+.3f\n", p->path, p->r.yaw);
+            for (int j = 0; j < set->n; j++) {
+                const struct sample *e = &set->s[j];
+                float c;
+
+                if (j == i || e->r.faces != 1 || e->r.dim == 0 ||
+                    fabsf(e->r.yaw) >= 0.2f)
+                    continue;
+                c = vision_similarity(p->r.embedding, e->r.embedding,
+                                      p->r.dim);
+                if (strcmp(p->id, e->id) == 0) {
+                    gen[k]++;
+                    gen_miss[k] += c < t;
+                } else {
+                    imp[k]++;
+                    imp_hit[k] += c >= t;
+                }
+            }
+        }
+        printf("pose, %s (threshold %.3f): probe |yaw| bin: probes, genuine "
+               "pairs vs frontal enrolments (non-matches), impostor pairs "
+               "(false matches)\n", set->name, t);
+        for (int k = 0; k < POSE_BINS; k++)
+            printf("  |yaw| >= %.2f%s: %ld probes; genuine %ld (%ld = "
+                   "%.2f%% MISMATCH); impostor %ld (%ld accepted)\n",
+                   pose_edge[k], k + 1 < POSE_BINS ? "" : " (top)",
+                   probes[k], gen[k], gen_miss[k], pct((int)gen_miss[k],
+                                                       (int)gen[k]),
+                   imp[k], imp_hit[k]);
+    }
+}
+
 /* Added cost, measured side by side on the video's frames: one image
  * with the gate off and on (BRISQUE within it), and bursts of four, in
  * alternating rounds so that other work on the machine spreads evenly. */
@@ -1211,6 +1422,8 @@ static void report_liveness(struct vision_worker *w, struct vision_engine *e,
     report_video_liveness(w, video, nvideo, t);
     for (int i = 0; i < 2 && i < nsets; i++)
         report_planar_set(w, sets[i], 3);
+    if (nsets > 1)
+        report_orl_turns(w, sets[1], t, 6);
 }
 
 /* ------------------------------------------------------------------------
@@ -1225,13 +1438,14 @@ struct calib_args {
     int replay;
     int liveness;
     int costs;
+    int turns;
 };
 
 static void usage(void)
 {
     fprintf(stderr, "usage: proctord_calibrate [--models DIR] [--data DIR] "
             "[--embed plain|flip] [--detect-pixels N] [--no-replay] "
-            "[--liveness] [--costs]\n"
+            "[--liveness] [--costs] [--turns]\n"
             "DIR defaults: $PROCTORD_SHARED/models and $PROCTORD_SHARED/data"
             " (PROCTORD_SHARED defaults to ../shared)\n");
     exit(2);
@@ -1264,6 +1478,8 @@ static void parse_args(int argc, char **argv, struct calib_args *a)
             a->liveness = 1;
         else if (strcmp(argv[i], "--costs") == 0)
             a->costs = 1;
+        else if (strcmp(argv[i], "--turns") == 0)
+            a->turns = 1;
         else
             usage();
     }
@@ -1324,6 +1540,13 @@ int main(int argc, char **argv)
         snprintf(dir, sizeof(dir), "%s/video/face_640x480_15fps.y4m", a.data);
         nvideo = load_video(w, dir, video, MAX_SAMPLES);
         report_costs(a.models, video, nvideo);
+        goto done;
+    }
+    if (a.turns) {
+        struct sample_set *sets[] = {&lfw, &orl, &named};
+
+        report_pose(sets, 3, vision_default_threshold(engine));
+        report_orl_turns(w, &orl, vision_default_threshold(engine), 6);
         goto done;
     }
     if (a.liveness) {

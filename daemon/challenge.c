@@ -25,15 +25,6 @@
  * image's sha256. */
 #define CHALLENGE_SIG_LEN (VISION_SIG_BYTES + 32)
 
-/* A burst frame, whatever its yaw, must come this close to the enrolled
- * face, and to the frame before it (the evidence frame before the first);
- * the evidence frame must match as any snapshot does. Turned and moving
- * frames of a live learner score lower than a still frontal one: over the
- * video's real turns the lowest are 0.158 and 0.308, while 26.6% and
- * 2.3% of impostor pairs reach these floors (bench/README.md, "Liveness
- * and quality"). */
-#define BURST_FLOOR_ENROLLED 0.10f
-#define BURST_FLOOR_ADJACENT 0.25f
 
 struct snap_ctx {
     struct core *core;
@@ -177,6 +168,14 @@ static int face_outcome(struct core *core, struct session *s,
     od->similarity = vision_similarity(r->embedding, s->emb, r->dim);
     if (od->similarity >= threshold)
         return POLICY_MATCH;
+    /* A head turned far aside often fails against a frontal enrolment
+     * even for the learner: asked again soon rather than flagged. An
+     * impostor gains nothing: poor frames past absent_after are absence,
+     * and nothing is committed meanwhile. */
+    if (fabsf(r->yaw) >= VISION_POSE_MAX) {
+        od->hint = "turned_away";
+        return POLICY_LOW_QUALITY;
+    }
     other = session_best_other(core, s, r->embedding, r->dim);
     od->shared = other >= threshold && other > od->similarity;
     return POLICY_MISMATCH;
@@ -218,11 +217,11 @@ static int burst_same_person(const struct session *s,
         if (r->dim == 0)
             continue;
         if (vision_similarity(r->embedding, s->emb, r->dim) <
-            BURST_FLOOR_ENROLLED)
+            VISION_BURST_FLOOR_ENROLLED)
             return 0;
         if (prev != NULL &&
             vision_similarity(r->embedding, prev->embedding, r->dim) <
-            BURST_FLOOR_ADJACENT)
+            VISION_BURST_FLOOR_ADJACENT)
             return 0;
         prev = r;
     }
@@ -315,53 +314,6 @@ static void remember_signature(struct core *core, struct session *s,
     store_command(core->store, NULL, NULL, "LTRIM %s 0 %s", key, keep);
 }
 
-/* The Verdict of a LOW_QUALITY check, with its hint. session.c and
- * credit.c send Verdicts without one, so this one is recorded in the
- * learner's stream here, with the arguments credit.c gives the same
- * script; it commits nothing, so it need not wait for Redis. */
-static void send_hinted_verdict(struct core *core, struct session *s,
-                                const char *check,
-                                const struct credit_reply *reply,
-                                const char *hint)
-{
-    Proctor__V1__ServerMessage m = PROCTOR__V1__SERVER_MESSAGE__INIT;
-    Proctor__V1__Verdict v = PROCTOR__V1__VERDICT__INIT;
-    char skey[320], stream[200], sess[64], cid[24], sim[16], faces[16];
-    char now[24];
-    const char *argv[10];
-
-    if (store_is_up(core->store)) {
-        snprintf(sess, sizeof(sess), "session:%s", s->id);
-        ledger_key(skey, sizeof(skey), s->claims.sub, sess);
-        ledger_key(stream, sizeof(stream), s->claims.sub, "stream");
-        snprintf(cid, sizeof(cid), "%llu",
-                 (unsigned long long)reply->challenge_id);
-        snprintf(sim, sizeof(sim), "%.3f", (double)reply->similarity);
-        snprintf(faces, sizeof(faces), "%u", (unsigned)reply->faces);
-        snprintf(now, sizeof(now), "%lld", (long long)core_now_ms());
-        argv[0] = skey;
-        argv[1] = stream;
-        argv[2] = s->id;
-        argv[3] = s->claims.course;
-        argv[4] = cid;
-        argv[5] = policy_outcome_name((enum policy_outcome)reply->outcome);
-        argv[6] = sim;
-        argv[7] = faces;
-        argv[8] = now;
-        argv[9] = check;
-        ledger_run(core->store, LEDGER_VERDICT, NULL, NULL, 2, 10, argv,
-                   NULL);
-    }
-    v.challenge_id = reply->challenge_id;
-    v.outcome = (Proctor__V1__Outcome)reply->outcome;
-    v.similarity = reply->similarity;
-    v.faces = reply->faces;
-    v.hint = (char *)(hint != NULL ? hint : "");
-    m.body_case = PROCTOR__V1__SERVER_MESSAGE__BODY_VERDICT;
-    m.verdict = &v;
-    session_send(core, s, &m);
-}
-
 static void log_verdict(const struct session *s, const struct snap_ctx *ctx,
                         int outcome, const struct outcome_detail *od)
 {
@@ -371,11 +323,12 @@ static void log_verdict(const struct session *s, const struct snap_ctx *ctx,
     log_verbose("msg=\"verdict\" session=%s learner=%s challenge=%llu "
                 "outcome=%s similarity=%.3f faces=%d shared=%d hint=%s "
                 "quality=%d brightness=%.1f contrast=%.1f sharpness=%.1f "
-                "brisque=%.1f", s->id, s->claims.sub,
+                "brisque=%.1f yaw=%.2f", s->id, s->claims.sub,
                 (unsigned long long)ctx->challenge_id,
                 policy_outcome_name(outcome), od->similarity, r->faces,
                 od->shared, od->hint ? od->hint : "-", r->quality,
-                r->brightness, r->contrast, r->sharpness, r->brisque);
+                r->brightness, r->contrast, r->sharpness, r->brisque,
+                r->yaw);
     if (ctx->action != PROCTOR__V1__ACTION__NONE)
         log_verbose("msg=\"liveness\" session=%s challenge=%llu action=%d "
                     "frames=%d usable=%d turn=%.3f residual=%.3f "
@@ -414,6 +367,7 @@ static void decide(struct core *core, struct session *s,
     reply.outcome = outcome;
     reply.similarity = od.similarity;
     reply.faces = (uint32_t)(r->faces > 0 ? r->faces : 0);
+    reply.hint = od.hint;
     log_verdict(s, ctx, outcome, &od);
     snprintf(check, sizeof(check), "%llu",
              (unsigned long long)(ctx->challenge_id != 0
@@ -424,11 +378,7 @@ static void decide(struct core *core, struct session *s,
     if (!store_is_up(core->store)) {
         /* Nothing can be committed or discarded now; the provisional
          * time waits for the next check. */
-        if (outcome == POLICY_LOW_QUALITY)
-            send_hinted_verdict(core, s, check, &reply, od.hint);
-        else
-            session_send_verdict(core, s, reply.challenge_id, outcome,
-                                 od.similarity, reply.faces);
+        session_send_reply(core, s, &reply);
         session_send_status(core, s);
         return;
     }
@@ -438,14 +388,6 @@ static void decide(struct core *core, struct session *s,
         s->absent_evidence[0] = '\0';
     else if (outcome == POLICY_NO_FACE && d.nflags == 0)
         credit_keep_absence(core, s, ctx->job->jpeg, ctx->job->len);
-    if (outcome == POLICY_LOW_QUALITY) {
-        /* Its Verdict commits nothing; the Status follows whatever the
-         * policy decided (a poor stretch past absent_after is absence). */
-        send_hinted_verdict(core, s, check, &reply, od.hint);
-        credit_apply(core, s, &d, check, ctx->job->jpeg, ctx->job->len,
-                     NULL);
-        return;
-    }
     credit_apply(core, s, &d, check, ctx->job->jpeg, ctx->job->len, &reply);
 }
 

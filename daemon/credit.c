@@ -264,9 +264,7 @@ static void on_written(struct store *st, redisReply *r, void *arg)
     (void)r;
     if (s != NULL) {
         if (c->reply.has_verdict)
-            session_send_verdict(c->core, s, c->reply.challenge_id,
-                                 c->reply.outcome, c->reply.similarity,
-                                 c->reply.faces);
+            session_send_reply(c->core, s, &c->reply);
         session_send_status(c->core, s);
     }
     free(c);
@@ -276,8 +274,7 @@ static void reply_now(struct core *core, struct session *s,
                       const struct credit_reply *reply)
 {
     if (reply != NULL && reply->has_verdict)
-        session_send_verdict(core, s, reply->challenge_id, reply->outcome,
-                             reply->similarity, reply->faces);
+        session_send_reply(core, s, reply);
     session_send_status(core, s);
 }
 

@@ -386,6 +386,15 @@ static void on_enrol_analyzed(struct core *core, struct vision_job *job)
                                   "faces", vr->faces));
         goto done;
     }
+    if (vr->quality != VISION_QUALITY_OK) {
+        /* Every later check is compared with this photo: one too poor to
+         * judge a face on would make each of them a coin toss. */
+        http_call_reply(&e->call, 422,
+                        json_pack("{ss ss}", "error",
+                                  "photo too poor to enrol", "hint",
+                                  vision_quality_hint(vr->quality)));
+        goto done;
+    }
 
     e->model = vision_model_id(vision_pool_engine(core->vision));
     e->dim = vr->dim;

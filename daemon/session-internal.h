@@ -74,6 +74,10 @@ void session_send_status(struct core *core, struct session *s);
 void session_send_verdict(struct core *core, struct session *s,
                           uint64_t challenge_id, int outcome,
                           float similarity, uint32_t faces);
+struct credit_reply;
+/* The Verdict of reply, with its hint when it has one. */
+void session_send_reply(struct core *core, struct session *s,
+                        const struct credit_reply *reply);
 
 /* The best similarity of the face to another enrolled learner of the
  * session's organisation, from the core's cache; -1 when none is known. */
@@ -106,6 +110,8 @@ struct credit_reply {
     int outcome;
     float similarity;
     uint32_t faces;
+    /* LOW_QUALITY: what to fix (a static string), or NULL. */
+    const char *hint;
 };
 
 /* Writes decision d (commits, flags with their evidence) for session s

@@ -237,13 +237,25 @@ void session_send_verdict(struct core *core, struct session *s,
                           uint64_t challenge_id, int outcome,
                           float similarity, uint32_t faces)
 {
+    struct credit_reply r = {
+        .has_verdict = 1, .challenge_id = challenge_id, .outcome = outcome,
+        .similarity = similarity, .faces = faces,
+    };
+
+    session_send_reply(core, s, &r);
+}
+
+void session_send_reply(struct core *core, struct session *s,
+                        const struct credit_reply *reply)
+{
     Proctor__V1__ServerMessage m = PROCTOR__V1__SERVER_MESSAGE__INIT;
     Proctor__V1__Verdict v = PROCTOR__V1__VERDICT__INIT;
 
-    v.challenge_id = challenge_id;
-    v.outcome = (Proctor__V1__Outcome)outcome;
-    v.similarity = similarity;
-    v.faces = faces;
+    v.challenge_id = reply->challenge_id;
+    v.outcome = (Proctor__V1__Outcome)reply->outcome;
+    v.similarity = reply->similarity;
+    v.faces = reply->faces;
+    v.hint = (char *)(reply->hint != NULL ? reply->hint : "");
     m.body_case = PROCTOR__V1__SERVER_MESSAGE__BODY_VERDICT;
     m.verdict = &v;
     session_send(core, s, &m);

@@ -84,6 +84,24 @@ extern "C" {
 #define VISION_PLANAR_MAX 0.15f
 #define VISION_YAW_RELIABLE 0.80f
 
+/* A face turned this far (|yaw|, see vision_result.yaw) that does not
+ * match is not judged: over ORL's genuine pairs against frontal
+ * enrolments, 10 of 25 with |yaw| >= 0.45 fall under the threshold and
+ * none below (lfw: 0 of 5 and 0 of 811), while no impostor pair there
+ * matches at any yaw (bench/README.md, "Pose"). */
+#define VISION_POSE_MAX 0.45f
+
+/* A burst frame, whatever its yaw, must come this close to the enrolled
+ * face, and to the frame before it (the evidence frame before the first);
+ * the evidence frame must match as any snapshot does. Turned and moving
+ * frames of a live learner score lower than a still frontal one: over the
+ * video's real turns the lowest are 0.158 and 0.308, while 26.6% and
+ * 2.3% of impostor pairs reach these floors (bench/README.md, "Liveness
+ * and quality"). The daemon applies them (challenge.c); the calibration
+ * reports them. */
+#define VISION_BURST_FLOOR_ENROLLED 0.10f
+#define VISION_BURST_FLOOR_ADJACENT 0.25f
+
 /* How the embedding is taken; calibration compares the two. */
 #define VISION_EMBED_DEFAULT 0
 #define VISION_EMBED_PLAIN 1

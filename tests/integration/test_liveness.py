@@ -21,7 +21,7 @@ import pytest
 
 from conftest import (SHARED, Learner, face, learner_token, pb,
                       platform_token, run, supervisor_token)
-from test_crediting import A, FAST, enrol, hours, study
+from test_crediting import A, B, FAST, enrol, hours, study
 
 VIDEO = os.path.join(SHARED, "data", "video", "face_640x480_15fps.y4m")
 
@@ -362,3 +362,56 @@ def test_dark_burst_is_low_quality_not_spoof(daemon_factory, frames):
         await c.close()
     run(scenario())
     assert flags_of(d, "lv-darkb") == []
+
+
+def test_dark_enrolment_photo_is_refused(daemon_factory, redis):
+    """Every later check is compared with the enrolment photo: a dark one
+    is refused with 422 and the hint, nothing is enrolled, and the same
+    face in good light is accepted."""
+    d = daemon_factory(FAST)
+    status, body = d.http_json(
+        "PUT", "/v1/learners/lv-enrol-dark/enrollment?org=org-1",
+        platform_token(), dark(face(A[0])), {"Content-Type": "image/jpeg"})
+    assert status == 422, body
+    assert body["hint"] == "too_dark", body
+    assert redis.cli("EXISTS", "pd:{lv-enrol-dark}:enrol") == "0"
+    enrol(d, "lv-enrol-dark", A[0])
+    assert redis.cli("EXISTS", "pd:{lv-enrol-dark}:enrol") == "1"
+
+
+# An lfw photo whose head is turned far to the man's left (yaw +0.53, the
+# only one of the set past VISION_POSE_MAX: bench/README.md, "Pose").
+TURNED = "lfw/Andre_Agassi/Andre_Agassi_0003.jpg"
+
+
+def test_turned_away_face_is_low_quality_not_mismatch(daemon_factory):
+    """A face turned far aside that does not match is not judged: the
+    learner is asked to look at the camera (LOW_QUALITY, turned_away), no
+    flag opens and the provisional time stays; a frontal face of someone
+    else is still a MISMATCH that opens a flag."""
+    d = daemon_factory(FAST)
+    enrol(d, "lv-pose", A[0])
+
+    async def scenario():
+        c = await Learner.connect(d)
+        await c.hello(learner_token(sub="lv-pose"))
+        ch = await challenge(c)
+        v, _ = await answer(c, ch, jpeg=face(A[1]))
+        assert v.outcome == pb.MATCH, v
+        await study(c, 2.5)
+        await c.heartbeat()
+        st0 = await c.expect("status")
+        await c.snapshot(face(TURNED), 0)
+        v = await c.expect("verdict")
+        assert v.outcome == pb.LOW_QUALITY, v
+        assert v.hint == "turned_away", v
+        st = await c.expect("status")
+        assert st.provisional_s >= st0.provisional_s >= 2, (st0, st)
+        assert flags_of(d, "lv-pose") == []
+        await c.snapshot(face(B[0]), 0)
+        v = await c.expect("verdict")
+        assert v.outcome == pb.MISMATCH, v
+        await c.close()
+    run(scenario())
+    assert [f["kind"] for f in flags_of(d, "lv-pose")] == ["face_mismatch"]
+    d.wait_log("outcome=LOW_QUALITY", "hint=turned_away")

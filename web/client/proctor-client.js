@@ -290,7 +290,8 @@ export class ProctorClient extends EventTarget {
     _onVerdict(v) {
         const detail = { challengeId: uint64ToJs(v.challengeId),
                          outcome: enumName(v1.Outcome, v.outcome),
-                         similarity: v.similarity, faces: v.faces };
+                         similarity: v.similarity, faces: v.faces,
+                         hint: v.hint || '' };
         this.lastVerdict = detail;
         this._emit('verdict', detail);
     }

@@ -41,6 +41,16 @@ const OUTCOMES = {
     NOT_ENROLLED: ['bad', 'You are not enrolled yet: ask your training administrator.'],
 };
 
+// LOW_QUALITY says what to fix in Verdict.hint; an unknown hint falls back
+// to the outcome's general message.
+const QUALITY_HINTS = {
+    too_dark: 'More light, please: the camera picture is too dark.',
+    low_contrast: 'More light on your face, please: the picture is flat.',
+    blurry: 'Hold still, please: the camera picture is blurred.',
+    face_too_small: 'Come closer to the camera, please.',
+    turned_away: 'Look at the screen, please: your face was turned aside.',
+};
+
 const demo = { welcomes: [], challenges: [], verdicts: [], statuses: [], errors: [],
                closes: [], client: null };
 window.demo = demo;
@@ -97,7 +107,8 @@ function start() {
         const v = e.detail;
         demo.verdicts.push(v);
         $('verdict').textContent = `${v.outcome} at ${new Date().toLocaleTimeString()}`;
-        hint(OUTCOMES[v.outcome] || null);
+        const fix = v.outcome === 'LOW_QUALITY' && QUALITY_HINTS[v.hint];
+        hint(fix ? ['warn', fix] : OUTCOMES[v.outcome] || null);
     });
     client.addEventListener('status', (e) => {
         const s = e.detail;
