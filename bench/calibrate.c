@@ -1328,6 +1328,72 @@ static void report_pose(struct sample_set **sets, int nsets, float t)
     }
 }
 
+/* A learner sitting still in front of a live camera, at its most
+ * demanding: one photo twice, each time with sensor noise of its own
+ * (sigma grey levels), encoded as a browser does (quality 92). The
+ * thumbnail signature cannot tell such a pair from a replay; this says by
+ * how much. (A grain signature, the image less its 3x3 blur sampled at
+ * its own size, was tried: live pairs of sigma 1-2 correlated 0.93-0.99,
+ * above the 0.78-0.92 of re-encodes at quality 40-80, so it was dropped.) */
+static const double still_sigma[] = {1, 2, 3, 5};
+
+static int capture(const uint8_t *data, size_t len, double sigma,
+                   uint64_t seed, struct vision_worker *w,
+                   struct vision_result *r)
+{
+    struct vision_edit e = {.noise_sigma = sigma, .noise_seed = seed,
+                            .quality = 92};
+    uint8_t *jpg;
+    size_t jlen;
+    int rc;
+
+    if (vision_edit(data, len, &e, &jpg, &jlen, NULL, 0) != VISION_OK)
+        return -1;
+    rc = vision_analyze(w, jpg, jlen, r) == VISION_OK ? 0 : -1;
+    free(jpg);
+    return rc;
+}
+
+static void still_one(struct vision_worker *w, const uint8_t *data,
+                      size_t len, struct scores dist[4], uint64_t seed)
+{
+    static struct vision_result a, b;
+
+    for (int k = 0; k < 4; k++)
+        if (capture(data, len, still_sigma[k], seed * 8 + 1, w, &a) == 0 &&
+            capture(data, len, still_sigma[k], seed * 8 + 2, w, &b) == 0)
+            scores_add(&dist[k],
+                       vision_signature_distance(a.signature, b.signature));
+}
+
+static void report_still(struct vision_worker *w, const struct sample_set *lfw,
+                         const struct sample *video, int nvideo)
+{
+    struct scores dl[4] = {0}, dv[4] = {0};
+
+    for (int i = 0; i < lfw->n && i < 120; i++) {
+        uint8_t *data;
+        size_t len;
+
+        if (read_all(lfw->s[i].path, &data, &len) < 0)
+            continue;
+        still_one(w, data, len, dl, (uint64_t)i);
+        free(data);
+    }
+    for (int i = 0; i < nvideo; i += 2)
+        still_one(w, video[i].jpg, video[i].jlen, dv, (uint64_t)(1000 + i));
+    for (int k = 0; k < 4; k++) {
+        printf("still learner, noise sigma %.0f: lfw %zu pairs, thumbnail "
+               "distance p50 %.3f max %.3f; video %zu pairs, p50 %.3f max "
+               "%.3f (replay under %.2f)\n", still_sigma[k], dl[k].n,
+               quantile(&dl[k], 0.5), quantile(&dl[k], 1), dv[k].n,
+               quantile(&dv[k], 0.5), quantile(&dv[k], 1),
+               VISION_REPLAY_DISTANCE);
+        free(dl[k].v);
+        free(dv[k].v);
+    }
+}
+
 /* Added cost, measured side by side on the video's frames: one image
  * with the gate off and on (BRISQUE within it), and bursts of four, in
  * alternating rounds so that other work on the machine spreads evenly. */
@@ -1439,13 +1505,14 @@ struct calib_args {
     int liveness;
     int costs;
     int turns;
+    int still;
 };
 
 static void usage(void)
 {
     fprintf(stderr, "usage: proctord_calibrate [--models DIR] [--data DIR] "
             "[--embed plain|flip] [--detect-pixels N] [--no-replay] "
-            "[--liveness] [--costs] [--turns]\n"
+            "[--liveness] [--costs] [--turns] [--still]\n"
             "DIR defaults: $PROCTORD_SHARED/models and $PROCTORD_SHARED/data"
             " (PROCTORD_SHARED defaults to ../shared)\n");
     exit(2);
@@ -1480,6 +1547,8 @@ static void parse_args(int argc, char **argv, struct calib_args *a)
             a->costs = 1;
         else if (strcmp(argv[i], "--turns") == 0)
             a->turns = 1;
+        else if (strcmp(argv[i], "--still") == 0)
+            a->still = 1;
         else
             usage();
     }
@@ -1540,6 +1609,12 @@ int main(int argc, char **argv)
         snprintf(dir, sizeof(dir), "%s/video/face_640x480_15fps.y4m", a.data);
         nvideo = load_video(w, dir, video, MAX_SAMPLES);
         report_costs(a.models, video, nvideo);
+        goto done;
+    }
+    if (a.still) {
+        snprintf(dir, sizeof(dir), "%s/video/face_640x480_15fps.y4m", a.data);
+        nvideo = load_video(w, dir, video, MAX_SAMPLES);
+        report_still(w, &lfw, video, nvideo);
         goto done;
     }
     if (a.turns) {

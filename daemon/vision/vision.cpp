@@ -1274,6 +1274,15 @@ static void edit_image(cv::Mat &img, const struct vision_edit *e)
     }
     if (e->blur_sigma > 0)
         cv::GaussianBlur(img, img, cv::Size(0, 0), e->blur_sigma);
+    if (e->noise_sigma > 0) {
+        cv::RNG rng(e->noise_seed);
+        cv::Mat noise(img.size(), CV_32FC3), f;
+
+        rng.fill(noise, cv::RNG::NORMAL, 0, e->noise_sigma);
+        img.convertTo(f, CV_32FC3);
+        f += noise;
+        f.convertTo(img, CV_8UC3);
+    }
 }
 
 static int edit(const uint8_t *data, size_t len, const struct vision_edit *e,

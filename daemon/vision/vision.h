@@ -31,6 +31,7 @@ extern "C" {
  * behind it are in bench/README.md, "Vision". */
 #define VISION_REPLAY_DISTANCE 0.09f
 
+
 #define VISION_DEFAULT_SECOND_FACE_RATIO 0.25
 #define VISION_DEFAULT_MAX_PIXELS (4096 * 4096)
 #define VISION_DEFAULT_DETECT_PIXELS (320 * 240)
@@ -321,6 +322,10 @@ struct vision_edit {
     double gain;                /* every pixel value times this */
     double contrast;            /* deviations from the mean grey times this */
     double blur_sigma;          /* Gaussian blur */
+    /* Gaussian noise of this standard deviation (grey levels) added to
+     * every pixel after the rest, from noise_seed: a live sensor's. */
+    double noise_sigma;
+    uint64_t noise_seed;
     int quality;                /* of the JPEG written; 0 means 90 */
 };
 
