@@ -373,6 +373,9 @@ describe('action (liveness) challenges answered by the demo page in Chromium',
             const d = await demo(page);
             return d.bursts.slice(seen).find((x) => x.mode === 'photo');
         }, { timeout: 30000, what: 'a challenge for the photo' }));
+        // The challenge before it was answered (and its time committed)
+        // seconds ago.
+        const creditedBefore = await hours();
         const { d, v } = await verdictFor(page, b.challengeId, 'photo verdict');
         assert.equal(v.outcome, 'SPOOF', JSON.stringify(v) + state.daemon.log().slice(-3000));
         assert.ok(v.similarity >= 0.38, 'the face is the learner\'s: ' + JSON.stringify(v));
@@ -391,6 +394,9 @@ describe('action (liveness) challenges answered by the demo page in Chromium',
         assert.equal(flags.length, 1, JSON.stringify(flags));
         assert.equal(flags[0].session_id, state.sessionId);
         assert.equal(flags[0].evidence.length, 1);
+        // The time since the last turn is withheld with the flag.
+        assert.ok(flags[0].withheld_seconds >= 1, JSON.stringify(flags[0]));
+        assert.equal(await hours(), creditedBefore);
 
         const burst = d.bursts.find((x) => x.challengeId === b.challengeId);
         const line = livenessLine(state.sessionId, b.challengeId);
