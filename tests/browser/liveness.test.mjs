@@ -9,7 +9,10 @@
 // (test_liveness.py's windows), or a photo held up and moved. The camera
 // moves on to the burst's next frame as soon as the client has taken one,
 // so the frames the client takes are known whatever the machine's load,
-// and each capture is checked to show what the camera showed.
+// and each capture is checked to show what the camera showed. Known
+// shortcoming: the camera steps with the captures, not at a clock of its
+// own, so what a client with other timing would catch of a moving head is
+// not shown here; the capture times are checked against its options.
 //
 // 1. A real turn the asked way: MATCH, and the next one commits the time.
 // 2. The client showed "turn left/right" while it took the burst, spaced
@@ -111,6 +114,9 @@ function installCamera({ windows, stride, photoFrame, idleFrame, frames }) {
 
     // A photo held up in front of the camera: on a grey card, rotated,
     // scaled, shifted and sheared (tilted) differently for each frame.
+    // Moves of a plane leave the landmarks' yaw as it was (turn ~0, even
+    // sheared by 0.7), so the daemon calls this not_turned before its
+    // planar check has a say; that check is not reached from here.
     const HOLDS = [[0, 0.92, 0, 0, 0], [0.17, 0.97, 40, -15, 0.08],
                    [-0.14, 0.88, -35, 20, -0.1], [0.07, 1.02, 15, 10, 0.12]];
     const drawPhoto = (k) => {
@@ -136,6 +142,7 @@ function installCamera({ windows, stride, photoFrame, idleFrame, frames }) {
             return undefined;
         if (!burst)
             return drawFrame(idleFrame, false);
+        // A burst longer than the 4-frame window holds the turn's end.
         const k = Math.min(burst.captures.length, burst.frames - 1);
         if (burst.mode === 'photo')
             drawPhoto(k);
