@@ -114,9 +114,10 @@ function installCamera({ windows, stride, photoFrame, idleFrame, frames }) {
 
     // A photo held up in front of the camera: on a grey card, rotated,
     // scaled, shifted and sheared (tilted) differently for each frame.
-    // Moves of a plane leave the landmarks' yaw as it was (turn ~0, even
-    // sheared by 0.7), so the daemon calls this not_turned before its
-    // planar check has a say; that check is not reached from here.
+    // Moves of a plane leave the landmarks' yaw about as it was (turn ~0;
+    // a shear swept from -0.36 to 0.36 moved it by 0.05, a quarter of a
+    // turn), so the daemon calls this not_turned before its planar check
+    // has a say; that check is not reached from here.
     const HOLDS = [[0, 0.92, 0, 0, 0], [0.17, 0.97, 40, -15, 0.08],
                    [-0.14, 0.88, -35, 20, -0.1], [0.07, 1.02, 15, 10, 0.12]];
     const drawPhoto = (k) => {
