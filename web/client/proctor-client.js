@@ -42,8 +42,12 @@ const DEFAULTS = {
     heartbeatMs: 10000, // until the Welcome says otherwise
     backoffMs: 1000,
     backoffMaxMs: 30000,
-    burstFrames: 5, // an action (liveness) challenge
-    burstGapMs: 200,
+    // An action (liveness) challenge's burst: four frames over 1.5 s, as
+    // proto/proctor.proto's Snapshot.frames asks and as the daemon's turn
+    // and planar checks were calibrated (frames ~0.47 s apart): a turn at
+    // a natural pace barely starts within a shorter burst.
+    burstFrames: 4,
+    burstGapMs: 500,
     actionLeadMs: 800, // time to read "turn left" before the burst
     resumeKey: 'proctord.session', // sessionStorage key; null: none
 };
