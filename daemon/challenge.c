@@ -421,9 +421,10 @@ static void decide(struct core *core, struct session *s,
                                       : (uint64_t)now * 1000));
 
     challenge_schedule(core, s, now, outcome != POLICY_MATCH);
-    if (!store_is_up(core->store)) {
-        /* Nothing can be committed or discarded now; the provisional
-         * time waits for the next check. */
+    if (!credit_can_defer(core)) {
+        /* Redis is down and the commit buffer is full: nothing can be
+         * committed or discarded now; the provisional time waits for
+         * the next check. */
         if (outcome == POLICY_LOW_QUALITY)
             send_hinted_verdict(core, s, check, &reply, od.hint);
         else
