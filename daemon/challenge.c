@@ -475,6 +475,11 @@ static void on_analysed(struct core *core, struct vision_job *job)
         free(ctx);
         return;
     }
+    /* Known shortcoming: with Redis down the replay signatures cannot
+     * be read, so a photo sent again passes as a MATCH and its commit
+     * waits in the commit buffer like any other (a later check against
+     * the stored signatures does not undo it). A per-session copy of the
+     * last signatures would close this for replays within a session. */
     ledger_key(key, sizeof(key), s->claims.sub, "sigs");
     if (store_command(core->store, on_sigs, ctx, "LRANGE %s 0 %d", key,
                       LEDGER_SIG_KEEP - 1) != STORE_OK) {

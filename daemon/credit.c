@@ -255,6 +255,32 @@ void credit_drain(struct core *core)
                    b->depth);
 }
 
+void session_commits_flush(struct core *core)
+{
+    credit_drain(core);
+}
+
+void session_commits_free(struct core *core)
+{
+    struct backlog *b = buffer_of(core);
+    struct backlog_entry *e;
+    int64_t ms = 0;
+
+    if (b->depth > 0) {
+        for (size_t i = 0; i < b->depth; i++) {
+            e = b->ring[(b->head + i) % b->cap];
+            if (e->commit)
+                ms += e->ms;
+        }
+        log_warning("msg=\"stopped with ledger writes unsent: Redis "
+                    "down\" writes=%zu commit_ms=%lld", b->depth,
+                    (long long)ms);
+        metrics_add(commit_buffer_dropped, b->depth);
+    }
+    backlog_free(b);
+    buffer_ready = 0;
+}
+
 static void send_commit(struct core *core, struct session *s,
                         const char *check, int64_t day, int64_t ms)
 {

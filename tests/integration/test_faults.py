@@ -312,3 +312,29 @@ def test_past_the_buffer_crediting_pauses_and_says_so(daemon_factory, redis):
     # Six checks of 0.75 s would be 4.5 s; the pause cut that short.
     assert total < 4500 + 1000
     assert d.metric("proctord_commit_buffer_dropped_total") == 0
+
+
+def test_sigterm_with_redis_down_says_what_was_not_written(daemon_factory,
+                                                           redis):
+    """A stop while commits wait for Redis cannot write them; it says
+    so, with how much, rather than losing them silently."""
+    d = daemon_factory(FAST)
+    enrol(d, "outage-4", A[0])
+
+    async def scenario():
+        c = await verified(d, "outage-4")
+        redis.kill()
+        await asyncio.to_thread(wait_until, lambda: d.health() == 503, 5,
+                                what="503")
+        await heartbeats(c, 1.5)
+        st = await match(c, A[2])
+        assert st.pending_s >= 1
+        return st.pending_s
+
+    pending = run(scenario())
+    assert d.stop() == 0
+    line = [ln for ln in d.read_log().splitlines()
+            if "ledger writes unsent" in ln]
+    assert line, d.read_log()[-2000:]
+    ms = int(re.search(r"commit_ms=([0-9]+)", line[0]).group(1))
+    assert ms >= pending * 1000
