@@ -6,6 +6,7 @@ data. Each attack must be refused the way SPEC.md says, early and in
 bounded memory, and the good learner's acks and credit must not notice."""
 
 import asyncio
+import os
 import resource
 import socket
 import struct
@@ -37,6 +38,8 @@ def raise_fd_limit(need):
     """The test process holds one socket per connection, and the daemon
     inherits the limit: raise the soft limit towards the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < need and os.geteuid() == 0:
+        hard = need                 # root (as in CI) may raise it
     want = min(hard, max(soft, need))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     assert want >= need, "ulimit -n: hard limit %d below %d" % (hard, need)
@@ -339,6 +342,8 @@ def test_hostile_clients_leave_a_good_learner_alone(daemon_factory, redis):
         log = f.read()
     assert b"eyJ" not in log
     assert b"\xff\xd8\xff" not in log and b"JFIF" not in log
+    # A clean stop (under the sanitizers: no leak, no error on the way).
+    assert d.stop() == 0
 
 
 def test_oversized_http_body_is_413_before_it_is_sent(daemon_factory):
