@@ -341,3 +341,43 @@ def test_sigterm_with_redis_down_says_what_was_not_written(daemon_factory,
     assert line, d.read_log()[-2000:]
     ms = int(re.search(r"commit_ms=([0-9]+)", line[0]).group(1))
     assert ms >= pending * 1000
+
+
+def test_stalled_redis_buffers_too(daemon_factory, redis):
+    """A Redis that stops answering without closing (SIGSTOP) counts as
+    down after two seconds: checks made then are buffered, and when it
+    answers again what was in flight (the heartbeats' resume refreshes,
+    the health probes) and the buffered writes land, each once."""
+    d = daemon_factory(FAST)
+    enrol(d, "stall-1", A[0])
+
+    async def scenario():
+        c = await verified(d, "stall-1")
+        await heartbeats(c, 1.0)
+        before = (await match(c, A[2])).credited_s
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            await heartbeats(c, 1.0)
+            await asyncio.to_thread(wait_until, lambda: d.health() == 503,
+                                    5, what="503")
+            st = None
+            for photo in (A[4], A[5]):
+                await heartbeats(c, 1.5)
+                st = await match(c, photo)
+            assert st.pending_s >= 1, st
+            assert d.metric("proctord_commit_buffer_depth") >= 1
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(
+            wait_until, lambda: d.metric("proctord_commit_buffer_depth") == 0
+            and d.health() == 200, 15, what="buffer drained")
+        st = await heartbeats(c, 1.0)
+        await c.close()
+        return before, st
+
+    before, st = run(scenario())
+    total = assert_ledger_consistent(redis, "stall-1")
+    assert st.credited_s == total // 1000 and st.pending_s == 0
+    assert total // 1000 >= before + 3
+    assert d.metric("proctord_commit_buffer_dropped_total") == 0
+    assert d.stop() == 0
