@@ -66,8 +66,8 @@ static struct backlog *buffer_of(struct core *core)
                        ? (size_t)core->cfg.commit_buffer : 0;
 
         if (backlog_init(&buffer, n, BACKLOG_MAX_BYTES) != BACKLOG_OK) {
-            log_warning("msg=\"commit buffer: out of memory\" entries=%zu",
-                      n);
+            log_warning("msg=\"commit buffer: out of memory\" "
+                        "entries=%zu", n);
             backlog_init(&buffer, 0, 0);
         }
         buffer_ready = 1;
@@ -112,9 +112,9 @@ const char *credit_pause_reason(struct core *core)
 static void drop(struct backlog_entry *e, const char *why)
 {
     metrics_add(commit_buffer_dropped, 1);
-    log_warning("msg=\"ledger write dropped\" why=\"%s\" script=%d check=%s "
-              "commit=%d ms=%lld", why, e->script, e->check, e->commit,
-              (long long)e->ms);
+    log_warning("msg=\"ledger write dropped\" why=\"%s\" script=%d "
+                "check=%s commit=%d ms=%lld", why, e->script, e->check,
+                e->commit, (long long)e->ms);
     backlog_entry_free(e);
 }
 
