@@ -375,9 +375,10 @@ static void decide(struct core *core, struct session *s,
                                       : (uint64_t)now * 1000));
 
     challenge_schedule(core, s, now, outcome != POLICY_MATCH);
-    if (!store_is_up(core->store)) {
-        /* Nothing can be committed or discarded now; the provisional
-         * time waits for the next check. */
+    if (!credit_can_defer(core)) {
+        /* Redis is down and the commit buffer is full: nothing can be
+         * committed or discarded now; the provisional time waits for
+         * the next check. */
         session_send_reply(core, s, &reply);
         session_send_status(core, s);
         return;
@@ -416,6 +417,11 @@ static void on_analysed(struct core *core, struct vision_job *job)
         free(ctx);
         return;
     }
+    /* Known shortcoming: with Redis down the replay signatures cannot
+     * be read, so a photo sent again passes as a MATCH and its commit
+     * waits in the commit buffer like any other (a later check against
+     * the stored signatures does not undo it). A per-session copy of the
+     * last signatures would close this for replays within a session. */
     ledger_key(key, sizeof(key), s->claims.sub, "sigs");
     if (store_command(core->store, on_sigs, ctx, "LRANGE %s 0 %d", key,
                       LEDGER_SIG_KEEP - 1) != STORE_OK) {

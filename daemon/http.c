@@ -37,6 +37,24 @@ struct health_probe {
  * Replies
  * ------------------------------------------------------------------ */
 
+/* evhttp writes whatever body it is given, even to a HEAD, and then
+ * leaves the length out: a HEAD gets the length of what a GET would get,
+ * and no body, so a kept-alive connection stays in step. */
+static void send_body(struct evhttp_request *req, int code,
+                      struct evbuffer *body)
+{
+    char length[24];
+
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
+        evhttp_send_reply(req, code, NULL, body);
+        return;
+    }
+    snprintf(length, sizeof(length), "%zu", evbuffer_get_length(body));
+    evhttp_add_header(evhttp_request_get_output_headers(req),
+                      "Content-Length", length);
+    evhttp_send_reply(req, code, NULL, NULL);
+}
+
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 {
     struct evbuffer *out = evbuffer_new();
@@ -47,12 +65,20 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
                       "Content-Type", "application/json");
     if (text != NULL)
         evbuffer_add(out, text, strlen(text));
-    evhttp_send_reply(req, code, NULL, out);
+    send_body(req, code, out);
     evbuffer_free(out);
     free(text);
     json_decref(body);
 }
 
+/* Every error is JSON but one: a body past server.http_max_body is
+ * refused as soon as its Content-Length (or the chunks read so far) says
+ * so, before it is read, and that 413 is evhttp's own, with its HTML
+ * body. libevent 2.1 answers it inside evhttp_handle_request() with
+ * evhttp_send_error() and has no error callback (evhttp_set_errorcb came
+ * in 2.2) nor a hook on an incoming request's headers
+ * (evhttp_set_newreqcb), so a JSON answer would mean reading the whole
+ * body first. Early refusal matters more; the status code is right. */
 void http_reply_error(struct evhttp_request *req, int code, const char *why)
 {
     http_reply_json(req, code, json_pack("{ss}", "error", why));
@@ -240,10 +266,25 @@ static void on_metrics(struct core *core, struct evhttp_request *req)
            "Study time committed", metrics_get(credited_ms) / 1000);
     metric(b, "proctord_flags_opened_total", "counter", "Flags opened",
            metrics_get(flags_opened));
+    metric(b, "proctord_commit_buffer_depth", "gauge",
+           "Ledger writes waiting for Redis in the commit buffer",
+           metrics_get(commit_buffer_depth));
+    metric(b, "proctord_commit_buffer_bytes", "gauge",
+           "Bytes held by the commit buffer",
+           metrics_get(commit_buffer_bytes));
+    metric(b, "proctord_commit_buffer_buffered_total", "counter",
+           "Ledger writes put in the commit buffer",
+           metrics_get(commit_buffer_buffered));
+    metric(b, "proctord_commit_buffer_applied_total", "counter",
+           "Buffered ledger writes Redis has applied",
+           metrics_get(commit_buffer_applied));
+    metric(b, "proctord_commit_buffer_dropped_total", "counter",
+           "Ledger writes given up (buffer full, or refused by Redis)",
+           metrics_get(commit_buffer_dropped));
 
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
-    evhttp_send_reply(req, 200, NULL, b);
+    send_body(req, 200, b);
     evbuffer_free(b);
 }
 
@@ -263,11 +304,13 @@ static void on_request(struct evhttp_request *req, void *arg)
         http_reply_error(req, 400, "bad request line");
         return;
     }
-    if (strcmp(path, "/healthz") == 0 && cmd == EVHTTP_REQ_GET) {
+    if (strcmp(path, "/healthz") == 0 &&
+        (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD)) {
         on_healthz(h->core, req);
         return;
     }
-    if (strcmp(path, "/metrics") == 0 && cmd == EVHTTP_REQ_GET) {
+    if (strcmp(path, "/metrics") == 0 &&
+        (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD)) {
         on_metrics(h->core, req);
         return;
     }

@@ -287,6 +287,7 @@ static void flush_store(struct core *core, int64_t timeout_ms)
                                          &expired);
 
     evtimer_add(deadline, &tv);
+    session_commits_flush(core);
     while (!expired && (store_pending(core->store) > 0 ||
                         vision_pool_busy(core->vision) ||
                         queue_depth(&core->inbox) > 0)) {
@@ -336,6 +337,8 @@ static void stop(struct core *core)
     vision_pool_free(core->vision);
     session_table_free(core->sessions);
     store_free(core->store);
+    if (core->sessions != NULL)
+        session_commits_free(core);
     if (core->inbox_ev != NULL)
         event_free(core->inbox_ev);
     queue_cleanup(&core->inbox);

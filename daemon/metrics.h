@@ -50,6 +50,11 @@ struct metrics {
     atomic_uint_fast64_t vision_busy;
     atomic_uint_fast64_t credited_ms;
     atomic_uint_fast64_t flags_opened;
+    atomic_uint_fast64_t commit_buffer_depth;
+    atomic_uint_fast64_t commit_buffer_bytes;
+    atomic_uint_fast64_t commit_buffer_buffered;
+    atomic_uint_fast64_t commit_buffer_applied;
+    atomic_uint_fast64_t commit_buffer_dropped;
 };
 
 extern struct metrics metrics;

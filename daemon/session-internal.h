@@ -12,16 +12,6 @@
 #include "policy.h"
 #include "proctor.pb-c.h"
 
-#define SESSION_RETRY_MAX 4
-
-/* A commit whose reply was lost; retried with the same check id, which
- * the ledger makes idempotent. */
-struct session_retry {
-    char check[40];
-    int64_t day;
-    int64_t ms;
-};
-
 struct session {
     struct session *next_conn;
     struct session *next_learner;
@@ -54,8 +44,8 @@ struct session {
     /* The frame that began a face-less stretch, kept as evidence. */
     char absent_evidence[33];
 
-    struct session_retry retry[SESSION_RETRY_MAX];
-    int nretry;
+    /* Decided commits waiting in the commit buffer for Redis. */
+    int64_t pending_ms;
 
     unsigned welcomed : 1;
     /* Statuses owed for heartbeats that came before the Welcome. */
@@ -132,7 +122,21 @@ void credit_flag(struct core *core, struct session *s,
                  enum policy_flag kind, int64_t withheld_ms,
                  const char *check, int64_t now);
 
-/* Retries commits whose replies were lost, once Redis is back. */
-void credit_retry(struct core *core, struct session *s);
+/* Sends what the commit buffer holds, oldest first, while Redis is up
+ * (once per tick: writes whose replies were lost, and all that was
+ * decided while Redis was down). */
+void credit_drain(struct core *core);
+
+/* 1 when one more decision's writes can be made now: Redis is up with
+ * nothing buffered before them, or the buffer has room for them. */
+int credit_can_defer(struct core *core);
+
+/* 1 when crediting must pause: writes are being buffered and the buffer
+ * is full but for a reserve kept for decisions made while paused. */
+int credit_paused(struct core *core);
+
+/* The Status reason of such a pause: "commit_buffer_full", or "paused"
+ * when no buffer is configured (redis.commit_buffer = 0). */
+const char *credit_pause_reason(struct core *core);
 
 #endif

@@ -224,8 +224,11 @@ void session_send_status(struct core *core, struct session *s)
     }
     st.credited_s = (uint64_t)(s->credited_ms / 1000);
     st.provisional_s = (uint64_t)(policy_provisional_ms(&s->pol) / 1000);
+    st.pending_s = (uint64_t)(s->pending_ms / 1000);
     st.state = (Proctor__V1__State)policy_state(&s->pol);
     st.reason = (char *)policy_reason_name(policy_reason(&s->pol));
+    if (policy_reason(&s->pol) == POLICY_REASON_PAUSED)
+        st.reason = (char *)credit_pause_reason(core);
     if (s->emb == NULL && st.state == PROCTOR__V1__STATE__UNVERIFIED)
         st.reason = "not_enrolled";
     m.body_case = PROCTOR__V1__SERVER_MESSAGE__BODY_STATUS;
@@ -748,7 +751,7 @@ static void on_hello(struct core *core, struct net_event *ev)
     s->exam = strcmp(s->claims.mode, "exam") == 0;
     ledger_random_id(s->id);
     policy_session_init(&s->pol, ev->received_ms, s->exam);
-    if (!store_is_up(core->store))
+    if (credit_paused(core))
         policy_set_suspended(&s->pol, POLICY_REASON_PAUSED, ev->received_ms,
                              &d);
 
@@ -867,8 +870,9 @@ void session_handle(struct core *core, struct net_event *ev)
  * Time
  * ------------------------------------------------------------------ */
 
-/* Crediting pauses while Redis is down (nothing could be committed) and
- * at the daily cap until local midnight. */
+/* Crediting pauses while Redis is down and the commit buffer is full
+ * (nothing more could be kept for it), and at the daily cap until local
+ * midnight. Time in the buffer counts towards the cap. */
 static void update_suspension(struct core *core, struct session *s,
                               int64_t now, int32_t offset)
 {
@@ -881,7 +885,7 @@ static void update_suspension(struct core *core, struct session *s,
         s->today = today;
         s->today_ms = 0;
     }
-    if (!store_is_up(core->store))
+    if (credit_paused(core))
         want = POLICY_REASON_PAUSED;
     else if (s->today_ms >= core->cfg.policy.daily_cap_ms)
         want = POLICY_REASON_DAILY_CAP;
@@ -947,6 +951,8 @@ void session_tick(struct core *core)
     struct policy_decision d;
     char check[40];
 
+    /* What waited for Redis goes before anything decided now. */
+    credit_drain(core);
     snprintf(check, sizeof(check), "t%lld", (long long)now);
     expire_parked(t, now, core->cfg.policy.resume_window_ms);
     snprintf(batch.ttl, sizeof(batch.ttl), "%lld",
@@ -971,7 +977,6 @@ void session_tick(struct core *core)
                 if (d.nflags > 0 || d.state_changed)
                     credit_apply(core, s, &d, check, NULL, 0, NULL);
                 challenge_tick(core, s, now);
-                credit_retry(core, s);
                 refresh_resume(core, &batch, s, now);
             }
             s = next;

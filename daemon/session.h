@@ -26,6 +26,12 @@ void session_tick(struct core *core);
 
 size_t session_count(const struct session_table *t);
 
+/* The commit buffer at shutdown: flush sends what it holds while Redis
+ * is up (before the last replies are awaited); free, after the store is
+ * gone, logs what it still held, which was never written, and frees it. */
+void session_commits_flush(struct core *core);
+void session_commits_free(struct core *core);
+
 /* A learner was (re-)enrolled: live sessions of the learner and the
  * organisation's cache of embeddings take the new one. emb holds dim
  * floats; model is the engine's model id. */

@@ -1196,6 +1196,7 @@ export const proctor = $root.proctor = (() => {
             Status.prototype.provisionalS = $util.Long ? $util.Long.fromBits(0,0,true) : 0;
             Status.prototype.state = 0;
             Status.prototype.reason = "";
+            Status.prototype.pendingS = $util.Long ? $util.Long.fromBits(0,0,true) : 0;
 
             Status.create = function(properties) {
                 return new Status(properties);
@@ -1216,6 +1217,8 @@ export const proctor = $root.proctor = (() => {
                     writer.uint32(24).int32(message.state);
                 if (message.reason != null && $Object.hasOwnProperty.call(message, "reason") && message.reason !== "")
                     writer.uint32(34).string(message.reason);
+                if (message.pendingS != null && $Object.hasOwnProperty.call(message, "pendingS") && (typeof message.pendingS === "object" ? message.pendingS.low || message.pendingS.high : message.pendingS !== 0))
+                    writer.uint32(40).uint64(message.pendingS);
                 if (message.$unknowns != null && $Object.hasOwnProperty.call(message, "$unknowns"))
                     for (let i = 0; i < message.$unknowns.length; ++i)
                         writer.raw(message.$unknowns[i]);
@@ -1283,6 +1286,15 @@ export const proctor = $root.proctor = (() => {
                                 message.reason = value;
                             else
                                 delete message.reason;
+                            continue;
+                        }
+                    case 5: {
+                            if (wireType !== 0)
+                                break;
+                            if (typeof (value = reader.uint64()) === "object" ? value.low || value.high : value !== 0)
+                                message.pendingS = value;
+                            else
+                                delete message.pendingS;
                             continue;
                         }
                     }
