@@ -9,7 +9,8 @@
 #
 # New inputs go to build-fuzz/fuzz-work/<target> (thrown away on the next
 # run), crashes to build-fuzz/fuzz-artifacts/<target>/; the committed
-# corpus is only read. FUZZ_NICE=1 runs the fuzzers under nice -n 19.
+# corpus is only read. FUZZ_NICE=1 runs the fuzzers under nice -n 19;
+# FUZZ_BUILD names another build directory.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -21,7 +22,7 @@ targets=("$@")
 nice_cmd=()
 [ "${FUZZ_NICE:-0}" = 1 ] && nice_cmd=(nice -n 19)
 
-build=build-fuzz
+build=${FUZZ_BUILD:-build-fuzz}
 CC=clang CXX=clang++ cmake -S . -B "$build" -DPROCTORD_FUZZ=ON \
     -DPROCTORD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >/dev/null
