@@ -497,6 +497,12 @@ static struct vision_job *snapshot_job(const Proctor__V1__Snapshot *snap,
     return job;
 }
 
+struct vision_job *challenge_snapshot_job(const Proctor__V1__Snapshot *snap,
+                                          int action)
+{
+    return snapshot_job(snap, action);
+}
+
 void challenge_on_snapshot(struct core *core, struct session *s,
                            Proctor__V1__Snapshot *snap, int64_t now)
 {

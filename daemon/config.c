@@ -387,7 +387,11 @@ static int out_of_range(struct config_parse *ctx, const struct key_def *def,
 
     quote_value(value, q, sizeof(q));
     format_bound(def, def->lo, lo, sizeof(lo));
-    format_bound(def, def->hi, hi, sizeof(hi));
+    /* An unbounded key has no upper bound to name, and converting
+     * INFINITY to a duration's int64_t is undefined. */
+    hi[0] = '\0';
+    if (!isinf(def->hi))
+        format_bound(def, def->hi, hi, sizeof(hi));
     if (isinf(def->hi))
         snprintf(want, sizeof(want), "%s %s", def->lo_open ? ">" : ">=", lo);
     else if (def->lo_open)

@@ -91,6 +91,13 @@ void challenge_tick(struct core *core, struct session *s, int64_t now);
 void challenge_on_snapshot(struct core *core, struct session *s,
                            Proctor__V1__Snapshot *snap, int64_t now);
 
+/* The vision job challenge_on_snapshot() submits for snap, before any
+ * session state is looked at; NULL when out of memory. Exposed for the
+ * frame fuzz target (tests/fuzz), which has no core to submit to. */
+struct vision_job;
+struct vision_job *challenge_snapshot_job(const Proctor__V1__Snapshot *snap,
+                                          int action);
+
 /* ---- credit.c ---- */
 
 /* What to send once the decision's writes are in Redis. */

@@ -259,6 +259,10 @@ int vision_pool_submit(struct vision_pool *pool, struct vision_job *job)
 {
     int slot;
 
+    /* No pool at all (the HTTP fuzz target runs without models): refused
+     * as a full one is, so the caller's back-pressure path answers. */
+    if (pool == NULL)
+        return VISION_POOL_FULL;
     pthread_mutex_lock(&pool->lock);
     if (pool->stopping || pool->count + pool->running >= pool->capacity) {
         pthread_mutex_unlock(&pool->lock);

@@ -656,12 +656,12 @@ static void detect_cascade(struct vision_worker *w, const cv::Mat &small,
 
 /* Detects on a copy of about detect_pixels and maps the faces back to the
  * coordinates of bgr. Never enlarges. */
-static void detect(struct vision_worker *w, const cv::Mat &bgr,
-                   cv::Mat &small, std::vector<struct face> &faces)
+/* The copy the detector sees: at most detect_pixels, else bgr itself. */
+static void detect_input(const struct vision_worker *w, const cv::Mat &bgr,
+                         cv::Mat &small)
 {
     double s = sqrt((double)w->engine->detect_pixels /
                     ((double)bgr.cols * bgr.rows));
-    float sx, sy;
 
     if (s < 1.0) {
         cv::Size size(std::max(1, (int)lround(bgr.cols * s)),
@@ -670,6 +670,14 @@ static void detect(struct vision_worker *w, const cv::Mat &bgr,
     } else {
         small = bgr;
     }
+}
+
+static void detect(struct vision_worker *w, const cv::Mat &bgr,
+                   cv::Mat &small, std::vector<struct face> &faces)
+{
+    float sx, sy;
+
+    detect_input(w, bgr, small);
     if (w->yunet)
         detect_yunet(w, small, faces);
     else
@@ -1156,6 +1164,44 @@ static int analyze(struct vision_worker *w, const uint8_t *jpeg, size_t len,
     return analyze_into(w, jpeg, len, bgr, out);
 }
 
+/* A worker without networks: the untrusted-input steps of analyze() that
+ * come before detection and after it when there is no face. */
+struct vision_decoder {
+    struct vision_engine engine;
+    struct vision_worker worker;
+};
+
+static struct vision_decoder *decoder_new(int64_t max_pixels)
+{
+    std::unique_ptr<vision_decoder> d(new vision_decoder());
+    struct vision_options opt;
+
+    memset(&opt, 0, sizeof(opt));
+    d->engine.max_pixels = max_pixels > 0 ? max_pixels
+                                          : VISION_DEFAULT_MAX_PIXELS;
+    d->engine.detect_pixels = VISION_DEFAULT_DETECT_PIXELS;
+    engine_gate(&d->engine, &opt);
+    d->worker.engine = &d->engine;
+    d->worker.tj = tjInitDecompress();
+    if (d->worker.tj == NULL)
+        return NULL;
+    return d.release();
+}
+
+static int decode(struct vision_decoder *d, const uint8_t *jpeg, size_t len,
+                  struct vision_result *out)
+{
+    cv::Mat bgr, small;
+
+    out->status = decode_jpeg(&d->worker, jpeg, len, bgr, out);
+    if (out->status != VISION_OK)
+        return out->status;
+    detect_input(&d->worker, bgr, small);
+    thumbnail(small, out->signature);
+    quality_frame(&d->worker, small, out);
+    return out->status = VISION_OK;
+}
+
 static int analyze_burst(struct vision_worker *w,
                          const uint8_t *const *frames, const size_t *lens,
                          int n, int action, struct vision_burst *out)
@@ -1490,6 +1536,35 @@ int vision_transcode(const uint8_t *data, size_t len, double scale,
         return transcode(data, len, scale, quality, out, outlen, err, errlen);
     }
     CATCH_ALL(err, errlen, "vision_transcode", VISION_ERR)
+}
+
+struct vision_decoder *vision_decoder_new(int64_t max_pixels)
+{
+    try {
+        return decoder_new(max_pixels);
+    } catch (...) {
+        return NULL;
+    }
+}
+
+int vision_decode(struct vision_decoder *d, const uint8_t *jpeg, size_t len,
+                  struct vision_result *out)
+{
+    result_clear(out);
+    try {
+        return decode(d, jpeg, len, out);
+    }
+    CATCH_ALL(out->error, sizeof(out->error), "vision_decode",
+              out->status = VISION_ERR)
+}
+
+void vision_decoder_free(struct vision_decoder *d)
+{
+    if (d == NULL)
+        return;
+    if (d->worker.tj)
+        tjDestroy(d->worker.tj);
+    delete d;
 }
 
 int vision_edit(const uint8_t *data, size_t len,

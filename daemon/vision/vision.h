@@ -336,6 +336,18 @@ int vision_edit(const uint8_t *data, size_t len,
                 const struct vision_edit *edit, uint8_t **out,
                 size_t *outlen, char *err, size_t errlen);
 
+/* For fuzzing: the steps of vision_analyze() that read the untrusted
+ * bytes, without any network: the header guard, the reduced-scale decode,
+ * the resize for detection, the replay signature and the measures of a
+ * frame without a face. A decoder holds one libjpeg-turbo handle, reused
+ * from image to image as a worker's is (a failure replaces it), and
+ * max_pixels (0: the default). Returns as vision_analyze(), with faces 0. */
+struct vision_decoder;
+struct vision_decoder *vision_decoder_new(int64_t max_pixels);
+int vision_decode(struct vision_decoder *d, const uint8_t *jpeg, size_t len,
+                  struct vision_result *out);
+void vision_decoder_free(struct vision_decoder *d);
+
 #ifdef __cplusplus
 }
 #endif
