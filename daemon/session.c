@@ -921,6 +921,16 @@ static void refresh_resume(struct core *core, struct refresh_batch *b,
     if (ledger_key(b->keys[b->n], sizeof(b->keys[b->n]), s->claims.sub,
                    suffix) != LEDGER_OK)
         return;
+    /* On a cluster one script may only touch one slot: a key of another
+     * slot than the batch's starts a new batch. */
+    if (b->n > 0 && !store_same_slot(core->store, b->keys[0],
+                                     b->keys[b->n])) {
+        char key[320];
+
+        memcpy(key, b->keys[b->n], sizeof(key));
+        refresh_flush(core, b);
+        memcpy(b->keys[0], key, sizeof(key));
+    }
     b->courses[b->n++] = s->claims.course;
     if (b->n == LEDGER_REFRESH_BATCH)
         refresh_flush(core, b);

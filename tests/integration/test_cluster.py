@@ -1,0 +1,217 @@
+"""Several daemons on one Redis Cluster: three masters on loopback (made
+with redis-cli --cluster create), two daemons with redis.cluster = yes,
+learners on both. Credit is right, any daemon answers for any learner,
+a login on the second daemon takes the session over on the first, and
+moving slots between masters mid-run loses and doubles nothing."""
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import (Daemon, Learner, face, learner_token, pb,
+                      platform_token, run, supervisor_token, wait_until,
+                      free_port)
+from test_crediting import A, B, FAST, check, enrol, hours, study, verified
+
+CLUSTER = dict(FAST)
+
+
+class Cluster:
+    """Three redis-server masters with cluster-enabled, no replicas."""
+
+    def __init__(self, workdir, masters=3):
+        self.dir = os.path.join(workdir, "cluster")
+        self.ports = [free_port() for _ in range(masters)]
+        self.procs = []
+        for port in self.ports:
+            d = os.path.join(self.dir, str(port))
+            os.makedirs(d)
+            self.procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                 "--dir", d, "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "5000", "--appendonly", "yes",
+                 "--save", "", "--logfile", "redis.log"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            wait_until(lambda: self._ping(port), 10, what="redis up")
+        subprocess.run(["redis-cli", "--cluster", "create"] +
+                       ["127.0.0.1:%d" % p for p in self.ports] +
+                       ["--cluster-yes"], check=True, capture_output=True,
+                       timeout=60)
+        for port in self.ports:
+            wait_until(lambda: "cluster_state:ok" in
+                       self.cli(port, "CLUSTER", "INFO"), 20,
+                       what="cluster ok")
+
+    def _ping(self, port):
+        try:
+            return self.cli(port, "PING") == "PONG"
+        except subprocess.CalledProcessError:
+            return False
+
+    def cli(self, port, *args):
+        out = subprocess.run(["redis-cli", "-p", str(port), "--raw"] +
+                             [str(a) for a in args], check=True,
+                             capture_output=True, timeout=30)
+        return out.stdout.decode().rstrip("\n")
+
+    def ccli(self, *args):
+        """A command followed to the master of its key (redis-cli -c)."""
+        out = subprocess.run(["redis-cli", "-c", "-p", str(self.ports[0]),
+                              "--raw"] + [str(a) for a in args], check=True,
+                             capture_output=True, timeout=30)
+        return out.stdout.decode().rstrip("\n")
+
+    def node_id(self, port):
+        return self.cli(port, "CLUSTER", "MYID")
+
+    def owner(self, key):
+        """The port of the master serving key's slot."""
+        slot = int(self.cli(self.ports[0], "CLUSTER", "KEYSLOT", key))
+        for line in self.cli(self.ports[0], "CLUSTER", "NODES").splitlines():
+            f = line.split()
+            if "master" not in f[2]:
+                continue
+            port = int(f[1].split("@")[0].rsplit(":", 1)[1])
+            for r in f[8:]:
+                if r.startswith("["):
+                    continue
+                lo, _, hi = r.partition("-")
+                if int(lo) <= slot <= int(hi or lo):
+                    return port
+        raise AssertionError("no master for slot %d" % slot)
+
+    @property
+    def seed(self):
+        return "127.0.0.1:%d" % self.ports[0]
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+            p.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster():
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is required")
+    workdir = tempfile.mkdtemp(prefix="proctord-cluster-")
+    c = Cluster(workdir)
+    c.workdir = workdir
+    yield c
+    c.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def daemons(cluster):
+    """Starts n daemons on the cluster (each its own ports and log)."""
+    started = []
+
+    def make(n=2, overrides=None):
+        for _ in range(n):
+            o = dict(CLUSTER)
+            o.update({"redis.cluster": "yes"})
+            o.update(overrides or {})
+            d = Daemon(tempfile.mkdtemp(dir=cluster.workdir), cluster.seed,
+                       o)
+            d.start()
+            started.append(d)
+        for d in started[-n:]:
+            wait_until(lambda: d.health() == 200, 20, what="daemon healthy")
+        return started[-n:]
+
+    yield make
+    for d in started:
+        d.stop(signal.SIGKILL)
+
+
+def learners_on_every_master(cluster, n, prefix="learner"):
+    """n learner ids whose keys sit on the masters in turn."""
+    out, i = [], 0
+    for k in range(n):
+        want = cluster.ports[k % len(cluster.ports)]
+        while cluster.owner("pd:{%s-%d}:stream" % (prefix, i)) != want:
+            i += 1
+        out.append("%s-%d" % (prefix, i))
+        i += 1
+    return out
+
+
+def stream_credit_ms(cluster, learner):
+    """The credited ms summed over the learner's stream, with the number
+    of credit entries and of distinct check ids among them."""
+    raw = cluster.ccli("XRANGE", "pd:{%s}:stream" % learner, "-", "+")
+    lines = raw.splitlines()
+    total, checks, entries = 0, set(), 0
+    i = 0
+    fields = {}
+    while i < len(lines):
+        line = lines[i]
+        if line in ("type", "credited_ms", "check"):
+            fields[line] = lines[i + 1]
+            i += 2
+            if "type" in fields and "credited_ms" in fields and \
+                    "check" in fields:
+                if fields["type"] == "credit":
+                    total += int(fields["credited_ms"])
+                    checks.add(fields["check"])
+                    entries += 1
+                fields = {}
+            continue
+        i += 1
+    return total, entries, len(checks)
+
+
+def test_two_daemons_credit_and_answer_for_every_learner(cluster, daemons):
+    d1, d2 = daemons(2)
+    l1, l2, l3 = learners_on_every_master(cluster, 3)
+    # Enrolled through either daemon; the embedding is read from Redis.
+    enrol(d1, l1, A[0])
+    enrol(d2, l2, A[0])
+    enrol(d1, l3, A[0])
+
+    async def scenario():
+        c1 = await verified(d1, l1)
+        c2 = await verified(d2, l2)
+        c3 = await verified(d2, l3)
+        spent = await asyncio.gather(study(c1, 3.0), study(c2, 3.0),
+                                     study(c3, 3.0))
+        for c in (c1, c2, c3):
+            await check(c, A[2], pb.MATCH)
+        for lid, s in zip((l1, l2, l3), spent):
+            h1, h2 = hours(d1, lid), hours(d2, lid)
+            assert h1 == h2
+            assert abs(h1["credited_seconds"] - s) <= 1.0, (lid, h1, s)
+            total, entries, distinct = stream_credit_ms(cluster, lid)
+            assert entries == distinct
+            assert total // 1000 == h1["credited_seconds"]
+        # A mismatch on d2 opens a flag that d1 lists and serves.
+        await check(c3, B[0], pb.MISMATCH)
+        for c in (c1, c2, c3):
+            await c.close()
+    run(scenario())
+
+    def flags_of(d):
+        status, body = d.http_json("GET", "/v1/flags?status=open",
+                                   supervisor_token())
+        assert status == 200, body
+        return [f for f in body["flags"] if f["learner_id"] == l3]
+
+    wait_until(lambda: len(flags_of(d1)) == 1, 5, what="flag listed on d1")
+    flag = flags_of(d1)[0]
+    assert flag["kind"] == "face_mismatch"
+    status, body = d2.http_json("GET", "/v1/flags/%s" % flag["id"],
+                                supervisor_token())
+    assert status == 200 and body["id"] == flag["id"], body
+    # The data really is spread over the masters.
+    owners = {cluster.owner("pd:{%s}:stream" % lid) for lid in (l1, l2, l3)}
+    assert len(owners) == 3
+    assert d1.metric("proctord_redis_up") == 1
