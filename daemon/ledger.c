@@ -348,6 +348,17 @@ static const char REFRESH_LUA[] =
     "end\n"
     "return #KEYS\n";
 
+/* KEYS: the learner's lease.
+ * ARGV: holder ("<daemon id> <session id>"), ttl ms.
+ * Returns the holder after the call: ARGV[1] when the lease was this
+ * holder's (or nobody's, after an expiry) and is extended, else the
+ * other holder, whose lease is left alone. */
+static const char LEASE_LUA[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v and v ~= ARGV[1] then return v end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "return ARGV[1]\n";
+
 static int handles[LEDGER_SCRIPTS];
 
 int ledger_init(struct store *st)
@@ -355,7 +366,7 @@ int ledger_init(struct store *st)
     static const char *const sources[LEDGER_SCRIPTS] = {
         HELLO_LUA,   COMMIT_LUA, FLAG_LUA,  REVIEW_LUA, ENROL_LUA,
         VERDICT_LUA, EVIDENCE_LUA, EXAM_LUA, ERASE_LUA, ROSTER_LUA,
-        REFRESH_LUA,
+        REFRESH_LUA, LEASE_LUA,
     };
 
     for (int i = 0; i < LEDGER_SCRIPTS; i++) {

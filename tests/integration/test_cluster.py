@@ -6,8 +6,10 @@ moving slots between masters mid-run loses and doubles nothing."""
 
 import asyncio
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -15,11 +17,27 @@ import time
 import pytest
 
 from conftest import (Daemon, Learner, face, learner_token, pb,
-                      platform_token, run, supervisor_token, wait_until,
-                      free_port)
+                      platform_token, run, supervisor_token, wait_until)
 from test_crediting import A, B, FAST, check, enrol, hours, study, verified
 
 CLUSTER = dict(FAST)
+
+
+def _port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = random.randrange(20000, 40000)
+        if _port_free(port) and _port_free(port + 10000):
+            return port
 
 
 class Cluster:
@@ -27,7 +45,7 @@ class Cluster:
 
     def __init__(self, workdir, masters=3):
         self.dir = os.path.join(workdir, "cluster")
-        self.ports = [free_port() for _ in range(masters)]
+        self.ports = [cluster_port() for _ in range(masters)]
         self.procs = []
         for port in self.ports:
             d = os.path.join(self.dir, str(port))
@@ -215,3 +233,43 @@ def test_two_daemons_credit_and_answer_for_every_learner(cluster, daemons):
     owners = {cluster.owner("pd:{%s}:stream" % lid) for lid in (l1, l2, l3)}
     assert len(owners) == 3
     assert d1.metric("proctord_redis_up") == 1
+
+
+def test_login_on_second_daemon_takes_over_the_first(cluster, daemons):
+    d1, d2 = daemons(2)
+    (lid,) = learners_on_every_master(cluster, 1, prefix="mover")
+    enrol(d1, lid, A[0])
+
+    async def scenario():
+        first = await verified(d1, lid)
+        spent1 = await study(first, 2.0)
+        await check(first, A[2], pb.MATCH)
+        old_sid = first.welcome.session_id
+        assert cluster.ccli("GET", "pd:{%s}:lease" % lid).endswith(old_sid)
+
+        # The same learner logs in through the other daemon while the
+        # first session is still studying.
+        second = await verified(d2, lid, photo=A[4])
+        assert second.welcome.session_id != old_sid
+        assert await first.closed_code() == 4409
+        wait_until(lambda: d1.metric("proctord_takeovers_remote_total") == 1,
+                   5, what="take-over counted on d1")
+        holder = cluster.ccli("GET", "pd:{%s}:lease" % lid)
+        assert holder.endswith(second.welcome.session_id), holder
+
+        spent2 = await study(second, 2.0)
+        await check(second, A[5], pb.MATCH)
+        h = hours(d1, lid)
+        assert h == hours(d2, lid)
+        assert abs(h["credited_seconds"] - (spent1 + spent2)) <= 1.5, (
+            h, spent1, spent2)
+        await second.close()
+    run(scenario())
+
+    # d1 opened the concurrent_session flag; any daemon lists it.
+    status, body = d2.http_json(
+        "GET", "/v1/flags?status=open&kind=concurrent_session",
+        supervisor_token())
+    assert status == 200, body
+    assert [f["learner_id"] for f in body["flags"]] == [lid]
+    assert d2.metric("proctord_takeovers_remote_total") == 0
