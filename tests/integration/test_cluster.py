@@ -273,3 +273,80 @@ def test_login_on_second_daemon_takes_over_the_first(cluster, daemons):
     assert status == 200, body
     assert [f["learner_id"] for f in body["flags"]] == [lid]
     assert d2.metric("proctord_takeovers_remote_total") == 0
+
+
+def slot_of(cluster, key):
+    return int(cluster.cli(cluster.ports[0], "CLUSTER", "KEYSLOT", key))
+
+
+def low_slot_learners(cluster, n, below, prefix):
+    """n learner ids whose slot is under below (the slots a reshard of
+    below slots from the first master moves first)."""
+    out, i = [], 0
+    while len(out) < n:
+        lid = "%s-%d" % (prefix, i)
+        if slot_of(cluster, "pd:{%s}:stream" % lid) < below:
+            out.append(lid)
+        i += 1
+    return out
+
+
+def test_resharding_mid_run_loses_and_doubles_nothing(cluster, daemons):
+    d1, d2 = daemons(2)
+    moved = 1500
+    assert cluster.owner("pd:{x}:a") in cluster.ports
+    first_master = cluster.ports[0]
+    # Two learners in the slots that move, one on each daemon, and two
+    # elsewhere.
+    movers = low_slot_learners(cluster, 2, moved, "resharded")
+    for lid in movers:
+        assert cluster.owner("pd:{%s}:stream" % lid) == first_master
+    stay = learners_on_every_master(cluster, 3, prefix="steady")[1:]
+    plan = [(d1, movers[0]), (d2, movers[1]), (d1, stay[0]), (d2, stay[1])]
+    for d, lid in plan:
+        enrol(d, lid, A[0])
+
+    async def learner(d, lid):
+        c = await verified(d, lid)
+        spent, t0 = 0.0, time.time()
+        for photo in A[2:9]:
+            spent += await study(c, 0.6)
+            wall = time.time() - t0
+            await check(c, photo, pb.MATCH)
+        await c.close()
+        # Time while a check is analysed accrues too (within the grace),
+        # so the credit lies between the heartbeating time and the wall
+        # time up to the last check.
+        return spent, wall
+
+    def reshard():
+        time.sleep(1.5)
+        subprocess.run(
+            ["redis-cli", "--cluster", "reshard", cluster.seed,
+             "--cluster-from", cluster.node_id(first_master),
+             "--cluster-to", cluster.node_id(cluster.ports[1]),
+             "--cluster-slots", str(moved), "--cluster-yes"],
+            check=True, capture_output=True, timeout=120)
+
+    async def scenario():
+        tasks = [learner(d, lid) for d, lid in plan]
+        return await asyncio.gather(asyncio.to_thread(reshard), *tasks)
+
+    spent = run(scenario())[1:]
+    for lid in movers:
+        assert cluster.owner("pd:{%s}:stream" % lid) == cluster.ports[1]
+    for (_, lid), s in zip(plan, spent):
+        h1, h2 = hours(d1, lid), hours(d2, lid)
+        assert h1 == h2
+        # Every check's credit is there once: the stream has one credit
+        # entry per check id, and they add up to the course total.
+        total, entries, distinct = stream_credit_ms(cluster, lid)
+        assert entries == distinct, (lid, entries, distinct)
+        assert total // 1000 == h1["credited_seconds"], (lid, total, h1)
+        assert s[0] - 1.0 <= h1["credited_seconds"] <= s[1] + 1.0, (
+            lid, h1, s)
+        course_ms = int(cluster.ccli("HGET", "pd:{%s}:course:course-1" % lid,
+                                     "total_ms"))
+        assert course_ms == total
+    for d in (d1, d2):
+        assert d.metric("proctord_redis_up") == 1
