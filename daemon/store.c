@@ -594,6 +594,7 @@ static struct store_call *call_new(struct store *st, store_reply_cb cb,
 static int call_sent(struct store *st, struct store_call *call, int rc)
 {
     if (rc != REDIS_OK) {
+        free(call->cmd);
         free(call);
         metrics_add(redis_errors, 1);
         return STORE_ERR;
