@@ -32,12 +32,19 @@
  * commands wait is treated as down (a stopped or wedged server). */
 #define STORE_STALL_MS 2000
 /* Redis Cluster: masters known at most, redirections followed for one
- * command, TRYAGAIN / CLUSTERDOWN resends (50 ms doubling, about 6 s in
- * all), and how often the slot map is read again without a MOVED. */
+ * try, delayed resends after TRYAGAIN / CLUSTERDOWN (50 ms doubling up
+ * to 1 s, about 12 s in all: a slot's migration, a failover), and how
+ * often the slot map is read again without a MOVED. The delay stays
+ * under STORE_STALL_MS so that a cluster answering TRYAGAIN does not
+ * count as stalled. */
 #define STORE_MAX_NODES 32
 #define STORE_MAX_REDIRECTS 5
-#define STORE_MAX_RETRIES 8
-#define STORE_MAP_REFRESH_MS 5000
+#define STORE_MAX_RETRIES 16
+#define STORE_RETRY_MAX_MS 1000
+/* MOVED and a lost master trigger a refresh; the timer only catches
+ * what neither shows (a replica promoted while its old master still
+ * answers). */
+#define STORE_MAP_REFRESH_MS 60000
 #define STORE_MAX_ARGS 80
 
 struct store_script {
@@ -891,8 +898,13 @@ static void on_call_retry(evutil_socket_t fd, short what, void *arg)
  * after STORE_MAX_RETRIES. */
 static void call_later(struct store_call *call)
 {
-    int ms = 50 << (call->retries < 7 ? call->retries : 7);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    int ms = 50 << (call->retries < 5 ? call->retries : 5);
+    struct timeval tv;
+
+    if (ms > STORE_RETRY_MAX_MS)
+        ms = STORE_RETRY_MAX_MS;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
 
     if (call->st->stopping || ++call->retries > STORE_MAX_RETRIES ||
         (call->retry_ev == NULL &&
@@ -904,6 +916,10 @@ static void call_later(struct store_call *call)
         return;
     }
     metrics_add(redis_retries, 1);
+    /* During a slot's migration a multi-key script goes ASK, then
+     * TRYAGAIN on the importing master, and round again: each resend
+     * starts its redirections afresh, the retries bound the whole. */
+    call->redirects = 0;
     call->next_waiting = call->st->waiting;
     call->st->waiting = call;
     evtimer_add(call->retry_ev, &tv);
@@ -960,6 +976,8 @@ static void on_cluster_reply(redisAsyncContext *ac, void *r, void *privdata)
     struct store_call *call = privdata;
     struct store_node *n = ac->data;
 
+    /* A redirection is an answer too: the cluster is not stalled. */
+    call->st->progress_ms = mono_ms();
     if (follow_redirect(call, n, r))
         return;
     call_finish(call, n, r);

@@ -350,3 +350,91 @@ def test_resharding_mid_run_loses_and_doubles_nothing(cluster, daemons):
         assert course_ms == total
     for d in (d1, d2):
         assert d.metric("proctord_redis_up") == 1
+
+
+def crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def same_slot_learner(slot, prefix):
+    """A learner id whose keys hash to slot."""
+    i = 0
+    while crc16(("%s-%d" % (prefix, i)).encode()) % 16384 != slot:
+        i += 1
+    return "%s-%d" % (prefix, i)
+
+
+def test_slot_migrating_by_hand_follows_ask_tryagain_and_moved(cluster,
+                                                               daemons):
+    """One slot moved step by step, as a reshard does it. While it is
+    migrating, a key the old master lacks is read on the importing one
+    (ASK); scripts over keys not all on one side wait (TRYAGAIN) and go
+    through once the keys have moved; then the old master answers
+    MOVED. Nothing is lost or counted twice."""
+    d1, d2 = daemons(2)
+    (old,) = learners_on_every_master(cluster, 1, prefix="ask")
+    slot = slot_of(cluster, "pd:{%s}:stream" % old)
+    new = same_slot_learner(slot, "ask-new")
+    src, dst = cluster.owner("pd:{%s}:stream" % old), cluster.ports[1]
+    assert src == cluster.ports[0]
+    src_id, dst_id = cluster.node_id(src), cluster.node_id(dst)
+    enrol(d1, old, A[0])
+
+    def migrate_keys():
+        keys = cluster.cli(src, "CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        for key in keys.splitlines():
+            cluster.cli(src, "MIGRATE", "127.0.0.1", dst, key, 0, 5000)
+        for port in cluster.ports:
+            cluster.cli(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+    async def scenario():
+        c_old = await verified(d1, old)
+        spent_old = await study(c_old, 1.0)
+        await check(c_old, A[2], pb.MATCH)
+
+        cluster.cli(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        cluster.cli(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        # A single key the old master lacks: asked on the importing one.
+        assert hours(d2, new)["credited_seconds"] == 0
+        # The enrolment script's keys are new: TRYAGAIN on the importing
+        # master until the slot is handed over; the old learner's
+        # evidence (a new key beside an old one) waits the same way.
+        enrolled = asyncio.ensure_future(asyncio.to_thread(
+            enrol, d2, new, A[0]))
+        spent_old += await study(c_old, 1.0)
+        committed = asyncio.ensure_future(check(c_old, A[3], pb.MATCH))
+        await asyncio.sleep(1.5)
+        assert not enrolled.done()
+        await asyncio.to_thread(migrate_keys)
+        # The old master answers MOVED to a read through d1.
+        assert hours(d1, old)["credited_seconds"] >= spent_old - 1.0
+        assert d1.metric("proctord_redis_redirects_total") >= 1
+        await enrolled
+        await committed
+
+        spent_old += await study(c_old, 1.0)
+        await check(c_old, A[4], pb.MATCH)
+        c_new = await verified(d2, new)
+        spent_new = await study(c_new, 1.0)
+        await check(c_new, A[2], pb.MATCH)
+        await c_old.close()
+        await c_new.close()
+        return spent_old, spent_new
+
+    spent_old, spent_new = run(scenario())
+    assert cluster.owner("pd:{%s}:stream" % old) == dst
+    assert cluster.cli(dst, "EXISTS", "pd:{%s}:enrol" % new) == "1"
+    for lid, spent in ((old, spent_old), (new, spent_new)):
+        h = hours(d1, lid)
+        assert h == hours(d2, lid)
+        total, entries, distinct = stream_credit_ms(cluster, lid)
+        assert entries == distinct and total // 1000 == h["credited_seconds"]
+        assert h["credited_seconds"] >= spent - 1.0, (lid, h, spent)
+    assert d2.metric("proctord_redis_redirects_total") >= 2
+    assert d2.metric("proctord_redis_retries_total") >= 1
