@@ -32,26 +32,26 @@
     "end\n"
 
 /* KEYS: resume key of the asked session, course hash, days hash, enrol
- *       hash.
+ *       hash, resume key and session hash of the new sid, session hash
+ *       of the asked sid (the new one's again when none is asked),
+ *       profile: every key it touches, declared, in the learner's slot.
  * ARGV: new sid, asked sid ("" for none), resume_window ms, learner,
  *       course, today (YYYY-MM-DD), org, now ms, role.
  * Returns {sid, course total ms, today's ms, model, embedding, resumed}.
  * The organisation's set is in another slot: the caller adds to it. */
 static const char HELLO_LUA[] =
-    "local sid = ARGV[1]\n"
+    "local sid, rk, sk = ARGV[1], KEYS[5], KEYS[6]\n"
     "local resumed = 0\n"
     "if ARGV[2] ~= '' and redis.call('GET', KEYS[1]) == ARGV[5] then\n"
-    "  sid = ARGV[2]\n"
+    "  sid, rk, sk = ARGV[2], KEYS[1], KEYS[7]\n"
     "  resumed = 1\n"
     "end\n"
-    "local tag = 'pd:{' .. ARGV[4] .. '}:'\n"
-    "redis.call('SET', tag .. 'resume:' .. sid, ARGV[5], 'PX', ARGV[3])\n"
-    "local sk = tag .. 'session:' .. sid\n"
+    "redis.call('SET', rk, ARGV[5], 'PX', ARGV[3])\n"
     "if redis.call('HSETNX', sk, 'started_ms', ARGV[8]) == 1 then\n"
     "  redis.call('HSET', sk, 'course', ARGV[5], 'org', ARGV[7])\n"
     "end\n"
     "redis.call('HSET', sk, 'last_ms', ARGV[8])\n"
-    "redis.call('HSET', tag .. 'profile', 'org', ARGV[7], 'role', ARGV[9])\n"
+    "redis.call('HSET', KEYS[8], 'org', ARGV[7], 'role', ARGV[9])\n"
     "local total = redis.call('HGET', KEYS[2], 'total_ms') or '0'\n"
     "local today = redis.call('HGET', KEYS[3], ARGV[6]) or '0'\n"
     "local e = redis.call('HMGET', KEYS[4], 'model', 'emb')\n"

@@ -64,6 +64,12 @@
  * never the credit or the flag, which the learner's keys and stream (the
  * record) hold; nothing is written twice, the learner's script being
  * idempotent by check id and the deferred writes following it once.
+ *
+ * Every script declares the keys it touches, except where their names
+ * come from data read inside it: REVIEW (the flag's course and days
+ * hashes) and ERASE (the JPEGs its evidence set names). Those carry the
+ * same learner's hash tag, so they are in the declared keys' slot, which
+ * Redis Cluster checks for every key a script touches.
  */
 #ifndef PROCTORD_LEDGER_H
 #define PROCTORD_LEDGER_H

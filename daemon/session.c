@@ -850,9 +850,10 @@ static void start_hello(struct core *core, struct session *s,
                         const char *resume)
 {
     char resume_key[320], course_key[320], days_key[200], enrol_key[200];
-    char ttl[32], now_s[32], day_s[16], rsuf[64];
+    char new_resume[200], new_session[200], asked_session[200];
+    char profile_key[200], ttl[32], now_s[32], day_s[16], rsuf[64];
     struct session_ref *ref;
-    const char *argv[13];
+    const char *argv[17];
     int64_t now = core_now_ms();
 
     ref = malloc(sizeof(*ref));
@@ -867,6 +868,14 @@ static void start_hello(struct core *core, struct session *s,
              s->claims.sub, s->claims.course);
     ledger_key(days_key, sizeof(days_key), s->claims.sub, "days");
     ledger_key(enrol_key, sizeof(enrol_key), s->claims.sub, "enrol");
+    snprintf(rsuf, sizeof(rsuf), "resume:%s", s->id);
+    ledger_key(new_resume, sizeof(new_resume), s->claims.sub, rsuf);
+    snprintf(rsuf, sizeof(rsuf), "session:%s", s->id);
+    ledger_key(new_session, sizeof(new_session), s->claims.sub, rsuf);
+    snprintf(rsuf, sizeof(rsuf), "session:%s",
+             resume[0] != '\0' ? resume : s->id);
+    ledger_key(asked_session, sizeof(asked_session), s->claims.sub, rsuf);
+    ledger_key(profile_key, sizeof(profile_key), s->claims.sub, "profile");
     snprintf(ttl, sizeof(ttl), "%lld",
              (long long)core->cfg.policy.resume_window_ms);
     snprintf(now_s, sizeof(now_s), "%lld", (long long)now);
@@ -877,20 +886,24 @@ static void start_hello(struct core *core, struct session *s,
     argv[1] = course_key;
     argv[2] = days_key;
     argv[3] = enrol_key;
-    argv[4] = s->id;
-    argv[5] = resume;
-    argv[6] = ttl;
-    argv[7] = s->claims.sub;
-    argv[8] = s->claims.course;
-    argv[9] = day_s;
-    argv[10] = s->claims.org;
-    argv[11] = now_s;
-    argv[12] = auth_role_name(s->claims.role);
+    argv[4] = new_resume;
+    argv[5] = new_session;
+    argv[6] = asked_session;
+    argv[7] = profile_key;
+    argv[8] = s->id;
+    argv[9] = resume;
+    argv[10] = ttl;
+    argv[11] = s->claims.sub;
+    argv[12] = s->claims.course;
+    argv[13] = day_s;
+    argv[14] = s->claims.org;
+    argv[15] = now_s;
+    argv[16] = auth_role_name(s->claims.role);
 
     /* With Redis down the learner still gets a session; crediting is
      * suspended until the store is back, and Status says so. */
     if (ref == NULL || ledger_run(core->store, LEDGER_HELLO, on_hello_reply,
-                                  ref, 4, 13, argv, NULL) != LEDGER_OK) {
+                                  ref, 8, 17, argv, NULL) != LEDGER_OK) {
         free(ref);
         send_welcome(core, s);
     }
