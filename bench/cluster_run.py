@@ -178,6 +178,18 @@ class Daemon:
         self.log.close()
 
 
+def machine_load():
+    """The load average and the CPU pressure ("some", last 60 s)."""
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
+    try:
+        with open("/proc/pressure/cpu") as f:
+            psi = f.readline().split()[2].split("=")[1]
+    except OSError:
+        psi = "?"
+    return "load average %s, CPU pressure %s%%" % (load, psi)
+
+
 def one_run(args, workdir, redis, ndaemons, label, run):
     redis.flush()
     daemons = [Daemon(workdir, redis) for _ in range(ndaemons)]
@@ -215,7 +227,7 @@ def one_run(args, workdir, redis, ndaemons, label, run):
         "hb_p99_ms": max(r["heartbeat"]["p99"] for r in rows),
         "errors": sum(r["errors"] for r in rows),
         "daemon_cpu_pct": sum(r["daemon_cpu_pct"] for r in rows),
-        "redis_commands_per_s": commands / elapsed,
+        "redis_commands_per_session": commands / args.sessions,
         "redis_cpu_pct": 100.0 * cpu / elapsed,
     }
 
@@ -242,7 +254,7 @@ def main():
             for label, redis, n in (("single-1", single, 1),
                                     ("cluster-1", cluster, 1),
                                     ("cluster-2", cluster, 2)):
-                log("run", run, label)
+                log("run", run, label, machine_load())
                 results.append(one_run(args, workdir, redis, n, label, run))
     finally:
         single.stop()
@@ -251,7 +263,7 @@ def main():
         json.dump(results, f, indent=1)
 
     keys = ["welcomes_per_s", "welcome_p50_ms", "welcome_p99_ms", "hb_per_s",
-            "hb_p99_ms", "daemon_cpu_pct", "redis_commands_per_s",
+            "hb_p99_ms", "daemon_cpu_pct", "redis_commands_per_session",
             "redis_cpu_pct", "errors"]
     print("| run | " + " | ".join(keys) + " |")
     print("| --- " * (len(keys) + 1) + "|")
