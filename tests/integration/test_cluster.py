@@ -211,6 +211,12 @@ def test_two_daemons_credit_and_answer_for_every_learner(cluster, daemons):
             total, entries, distinct = stream_credit_ms(cluster, lid)
             assert entries == distinct
             assert total // 1000 == h1["credited_seconds"]
+        # A session lived on one daemon is served by the other.
+        sid = c1.welcome.session_id
+        status, body = d2.http_json("GET", "/v1/sessions/%s" % sid,
+                                    platform_token())
+        assert status == 200, body
+        assert body["session_id"] == sid and body["learner_id"] == l1
         # A mismatch on d2 opens a flag that d1 lists and serves.
         await check(c3, B[0], pb.MISMATCH)
         for c in (c1, c2, c3):
@@ -224,6 +230,17 @@ def test_two_daemons_credit_and_answer_for_every_learner(cluster, daemons):
         return [f for f in body["flags"] if f["learner_id"] == l3]
 
     wait_until(lambda: len(flags_of(d1)) == 1, 5, what="flag listed on d1")
+    # The organisation's report, from either daemon, counts the flag.
+    for d in (d1, d2):
+        status, body = d.http_json(
+            "GET", "/v1/reports/hours?org=org-1&course=course-1",
+            platform_token())
+        assert status == 200, body
+        rows = {r["learner_id"]: r for r in body["rows"]}
+        for lid in (l1, l2, l3):
+            assert rows[lid]["credited_seconds"] == \
+                hours(d1, lid)["credited_seconds"]
+        assert rows[l3]["flags_open"] == 1
     flag = flags_of(d1)[0]
     assert flag["kind"] == "face_mismatch"
     status, body = d2.http_json("GET", "/v1/flags/%s" % flag["id"],
