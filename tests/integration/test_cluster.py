@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import pytest
+import websockets
 
 from conftest import (Daemon, Learner, face, learner_token, pb,
                       platform_token, run, supervisor_token, wait_until)
@@ -460,3 +461,38 @@ def test_slot_migrating_by_hand_follows_ask_tryagain_and_moved(cluster,
     assert d2.metric("proctord_redis_retries_total") >= 1
     for d in (d1, d2):
         assert d.stop() == 0
+
+
+def test_lease_held_elsewhere_ends_the_session_without_a_message(cluster,
+                                                                 daemons):
+    """The take-over message can be missed (a subscriber reconnecting):
+    the lease, re-checked every heartbeat_grace, says it all the same."""
+    (d1,) = daemons(1)
+    (lid,) = learners_on_every_master(cluster, 1, prefix="lease")
+    enrol(d1, lid, A[0])
+
+    async def scenario():
+        c = await verified(d1, lid)
+        await study(c, 1.0)
+        await check(c, A[2], pb.MATCH)
+        credited = hours(d1, lid)["credited_seconds"]
+        # Another daemon's login, whose message never arrived.
+        cluster.ccli("SET", "pd:{%s}:lease" % lid, "%s %s" % ("d" * 32,
+                                                               "e" * 32))
+        t0 = time.time()
+        while time.time() - t0 < 8:
+            try:
+                await c.heartbeat()
+                await c.expect("status", timeout=1)
+            except websockets.ConnectionClosed:
+                break
+            await asyncio.sleep(0.25)
+        assert await c.closed_code() == 4409
+        assert time.time() - t0 < 2 * 2.0 + 1.5
+        return credited
+    credited = run(scenario())
+    assert d1.metric("proctord_takeovers_remote_total") == 1
+    # The lease stays with its holder; nothing more is credited here.
+    assert cluster.ccli("GET", "pd:{%s}:lease" % lid) == \
+        "%s %s" % ("d" * 32, "e" * 32)
+    assert hours(d1, lid)["credited_seconds"] == credited
