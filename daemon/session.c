@@ -23,9 +23,8 @@
 #define LEASE_CHANNEL "pd:takeover"
 #define LEASE_MIN_TTL_MS 10000
 
-struct session_table;
 struct session;
-static void lease_listen(struct core *core, struct session_table *t);
+static void lease_listen(struct core *core);
 static void lease_take(struct core *core, struct session *s);
 
 /* An organisation's enrolled embeddings, for the shared_face check. */
@@ -97,7 +96,7 @@ struct session_table *session_table_new(struct core *core)
         return NULL;
     t->core = core;
     ledger_random_id(t->daemon_id);
-    lease_listen(core, t);
+    lease_listen(core);
     return t;
 }
 
@@ -750,9 +749,8 @@ static void on_takeover_message(struct store *st, const char *msg,
         let_go(core, s, strcmp(old_sid, new_sid) == 0, "message");
 }
 
-static void lease_listen(struct core *core, struct session_table *t)
+static void lease_listen(struct core *core)
 {
-    (void)t;
     if (store_subscribe(core->store, LEASE_CHANNEL, on_takeover_message,
                         core) != STORE_OK)
         log_warning("msg=\"cannot subscribe to take-overs\" channel=%s",
