@@ -253,6 +253,15 @@ static void on_metrics(struct core *core, struct evhttp_request *req)
            metrics_get(redis_errors));
     metric(b, "proctord_redis_reconnects_total", "counter",
            "Redis connections lost", metrics_get(redis_reconnects));
+    metric(b, "proctord_redis_redirects_total", "counter",
+           "Redis Cluster redirections (MOVED, ASK, TRYAGAIN, CLUSTERDOWN)",
+           metrics_get(redis_redirects));
+    metric(b, "proctord_redis_retries_total", "counter",
+           "Redis Cluster commands resent after a delay",
+           metrics_get(redis_retries));
+    metric(b, "proctord_takeovers_remote_total", "counter",
+           "Sessions closed because a login on another daemon took over",
+           metrics_get(takeovers_remote));
     metric(b, "proctord_redis_latency_seconds_sum", "counter",
            "Summed Redis reply latency, microseconds",
            metrics_get(redis_latency_us_sum));

@@ -13,27 +13,45 @@
 
 #include "log.h"
 
+/* Opens each script that writes a global key (pd:events, the flag
+ * indexes). On a single Redis those keys are among the KEYS from index
+ * G on and g() writes them in the script, atomically with the learner's
+ * keys. On Redis Cluster they live in other slots, so ledger_run()
+ * leaves them out of KEYS: g() then collects the writes, done() returns
+ * them beside the reply, and ledger_run() sends each to its own slot
+ * once the script has run. */
+#define GLOBALS_LUA(first)                                               \
+    "local deferred, G = {}, " #first "\n"                               \
+    "local function g(cmd, k, ...)\n"                                    \
+    "  if KEYS[G] then return redis.call(cmd, KEYS[k], ...) end\n"       \
+    "  deferred[#deferred + 1] = {cmd, k, ...}\n"                        \
+    "end\n"                                                              \
+    "local function done(r)\n"                                           \
+    "  if KEYS[G] then return r end\n"                                   \
+    "  return {r, deferred}\n"                                           \
+    "end\n"
+
 /* KEYS: resume key of the asked session, course hash, days hash, enrol
- *       hash.
+ *       hash, resume key and session hash of the new sid, session hash
+ *       of the asked sid (the new one's again when none is asked),
+ *       profile: every key it touches, declared, in the learner's slot.
  * ARGV: new sid, asked sid ("" for none), resume_window ms, learner,
  *       course, today (YYYY-MM-DD), org, now ms, role.
  * Returns {sid, course total ms, today's ms, model, embedding, resumed}.
  * The organisation's set is in another slot: the caller adds to it. */
 static const char HELLO_LUA[] =
-    "local sid = ARGV[1]\n"
+    "local sid, rk, sk = ARGV[1], KEYS[5], KEYS[6]\n"
     "local resumed = 0\n"
     "if ARGV[2] ~= '' and redis.call('GET', KEYS[1]) == ARGV[5] then\n"
-    "  sid = ARGV[2]\n"
+    "  sid, rk, sk = ARGV[2], KEYS[1], KEYS[7]\n"
     "  resumed = 1\n"
     "end\n"
-    "local tag = 'pd:{' .. ARGV[4] .. '}:'\n"
-    "redis.call('SET', tag .. 'resume:' .. sid, ARGV[5], 'PX', ARGV[3])\n"
-    "local sk = tag .. 'session:' .. sid\n"
+    "redis.call('SET', rk, ARGV[5], 'PX', ARGV[3])\n"
     "if redis.call('HSETNX', sk, 'started_ms', ARGV[8]) == 1 then\n"
     "  redis.call('HSET', sk, 'course', ARGV[5], 'org', ARGV[7])\n"
     "end\n"
     "redis.call('HSET', sk, 'last_ms', ARGV[8])\n"
-    "redis.call('HSET', tag .. 'profile', 'org', ARGV[7], 'role', ARGV[9])\n"
+    "redis.call('HSET', KEYS[8], 'org', ARGV[7], 'role', ARGV[9])\n"
     "local total = redis.call('HGET', KEYS[2], 'total_ms') or '0'\n"
     "local today = redis.call('HGET', KEYS[3], ARGV[6]) or '0'\n"
     "local e = redis.call('HMGET', KEYS[4], 'model', 'emb')\n"
@@ -45,10 +63,11 @@ static const char HELLO_LUA[] =
  *       now ms, learner, org, events maxlen.
  * Returns {credited ms, course total ms, day total ms, 1 if a repeat}. */
 static const char COMMIT_LUA[] =
+    GLOBALS_LUA(5)
     "local function n(v) return tonumber(v or '0') end\n"
     "if redis.call('HSETNX', KEYS[1], 'c:' .. ARGV[1], ARGV[3]) == 0 then\n"
-    "  return {0, n(redis.call('HGET', KEYS[2], 'total_ms')),\n"
-    "          n(redis.call('HGET', KEYS[3], ARGV[2])), 1}\n"
+    "  return done({0, n(redis.call('HGET', KEYS[2], 'total_ms')),\n"
+    "          n(redis.call('HGET', KEYS[3], ARGV[2])), 1})\n"
     "end\n"
     "local already = n(redis.call('HGET', KEYS[3], ARGV[2]))\n"
     "local add = n(ARGV[3])\n"
@@ -67,13 +86,13 @@ static const char COMMIT_LUA[] =
     "  'session', ARGV[6], 'course', ARGV[5], 'check', ARGV[1],\n"
     "  'day', ARGV[2], 'requested_ms', ARGV[3], 'credited_ms', add,\n"
     "  'at_ms', ARGV[7])\n"
-    "redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*',\n"
+    "g('XADD', 5, 'MAXLEN', '~', ARGV[10], '*',\n"
     "  'type', 'credit', 'learner_id', ARGV[8], 'org', ARGV[9],\n"
     "  'course', ARGV[5], 'session_id', ARGV[6], 'check', ARGV[1],\n"
     "  'day', ARGV[2], 'requested_ms', ARGV[3], 'credited_ms', add,\n"
     "  'at_ms', ARGV[7], 'event_id', id)\n"
-    "return {add, n(redis.call('HGET', KEYS[2], 'total_ms')),\n"
-    "        already + add, 0}\n";
+    "return done({add, n(redis.call('HGET', KEYS[2], 'total_ms')),\n"
+    "        already + add, 0})\n";
 
 /* KEYS: session hash, flag hash, learner's flag zset, stream, course
  *       hash, pd:events, pd:flagindex, pd:flags:all, pd:flags:open (the
@@ -84,8 +103,9 @@ static const char COMMIT_LUA[] =
  * Returns {flag id, 1 if it existed already}. The course's flags_open
  * counter counts it, so a report needs no scan of the flags. */
 static const char FLAG_LUA[] =
+    GLOBALS_LUA(6)
     "local prior = redis.call('HGET', KEYS[1], 'f:' .. ARGV[1])\n"
-    "if prior then return {prior, 1} end\n"
+    "if prior then return done({prior, 1}) end\n"
     "redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], ARGV[2])\n"
     "redis.call('HINCRBY', KEYS[1], 'n:flag:' .. ARGV[3], 1)\n"
     "redis.call('HSET', KEYS[2], 'id', ARGV[2], 'kind', ARGV[3],\n"
@@ -94,20 +114,20 @@ static const char FLAG_LUA[] =
     "  'withheld_ms', ARGV[10], 'day', ARGV[11], 'status', 'open',\n"
     "  'counted', '1')\n"
     "redis.call('ZADD', KEYS[3], ARGV[8], ARGV[2])\n"
-    "redis.call('HSET', KEYS[7], ARGV[2], ARGV[4])\n"
-    "redis.call('ZADD', KEYS[8], ARGV[8], ARGV[2])\n"
-    "redis.call('ZADD', KEYS[9], ARGV[8], ARGV[2])\n"
+    "g('HSET', 7, ARGV[2], ARGV[4])\n"
+    "g('ZADD', 8, ARGV[8], ARGV[2])\n"
+    "g('ZADD', 9, ARGV[8], ARGV[2])\n"
     "redis.call('HINCRBY', KEYS[5], 'flags_open', 1)\n"
     "local id = redis.call('XADD', KEYS[4], '*', 'type', 'flag',\n"
     "  'flag', ARGV[2], 'kind', ARGV[3], 'session', ARGV[7],\n"
     "  'course', ARGV[6], 'evidence', ARGV[9], 'withheld_ms', ARGV[10],\n"
     "  'at_ms', ARGV[8])\n"
-    "redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[12], '*',\n"
+    "g('XADD', 6, 'MAXLEN', '~', ARGV[12], '*',\n"
     "  'type', 'flag', 'learner_id', ARGV[4], 'org', ARGV[5],\n"
     "  'course', ARGV[6], 'session_id', ARGV[7], 'flag_id', ARGV[2],\n"
     "  'kind', ARGV[3], 'evidence', ARGV[9], 'withheld_ms', ARGV[10],\n"
     "  'day', ARGV[11], 'at_ms', ARGV[8], 'event_id', id)\n"
-    "return {ARGV[2], 0}\n";
+    "return done({ARGV[2], 0})\n";
 
 /* KEYS: flag hash, stream, pd:events.
  * ARGV: decision (confirmed | dismissed), reviewer, note, now ms, daily
@@ -119,12 +139,15 @@ static const char FLAG_LUA[] =
  * flags_confirmed when confirmed); one written before the counters
  * existed changes no counter. */
 static const char REVIEW_LUA[] =
+    GLOBALS_LUA(3)
     "local f = redis.call('HMGET', KEYS[1], 'status', 'learner_id',\n"
     "  'course', 'day', 'withheld_ms', 'credited_ms', 'counted', 'org',\n"
     "  'session_id', 'kind', 'id')\n"
     "if not f[1] then return redis.error_reply('NOFLAG') end\n"
     "if f[1] ~= 'open' then\n"
-    "  if f[1] == ARGV[1] then return {f[1], tonumber(f[6] or '0'), 1} end\n"
+    "  if f[1] == ARGV[1] then\n"
+    "    return done({f[1], tonumber(f[6] or '0'), 1})\n"
+    "  end\n"
     "  return redis.error_reply('CONFLICT ' .. f[1])\n"
     "end\n"
     "for i = 2, 11 do f[i] = f[i] or '' end\n"
@@ -156,13 +179,13 @@ static const char REVIEW_LUA[] =
     "local id = redis.call('XADD', KEYS[2], '*', 'type', 'review',\n"
     "  'flag', f[11], 'decision', ARGV[1], 'reviewer', ARGV[2],\n"
     "  'note', ARGV[3], 'credited_ms', add, 'at_ms', ARGV[4])\n"
-    "redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',\n"
+    "g('XADD', 3, 'MAXLEN', '~', ARGV[6], '*',\n"
     "  'type', 'review', 'learner_id', f[2], 'org', f[8],\n"
     "  'course', f[3], 'session_id', f[9], 'flag_id', f[11],\n"
     "  'kind', f[10], 'decision', ARGV[1], 'reviewer', ARGV[2],\n"
     "  'credited_ms', add, 'day', f[4], 'at_ms', ARGV[4],\n"
     "  'event_id', id)\n"
-    "return {ARGV[1], add, 0}\n";
+    "return done({ARGV[1], add, 0})\n";
 
 /* KEYS: enrol hash, stream.
  * ARGV: model, embedding, photo sha256 (hex), now ms, org, box (JSON).
@@ -211,8 +234,9 @@ static const char EVIDENCE_LUA[] =
  * flags is "kind:n,kind:n" sorted by kind; session_credited_ms is not
  * named credited_ms so that sums over a stream count each credit once. */
 static const char EXAM_LUA[] =
+    GLOBALS_LUA(3)
     "local h = redis.call('HGETALL', KEYS[1])\n"
-    "if #h == 0 then return false end\n"
+    "if #h == 0 then return done(false) end\n"
     "local v, kinds = {}, {}\n"
     "for i = 1, #h, 2 do\n"
     "  v[h[i]] = h[i + 1]\n"
@@ -234,13 +258,13 @@ static const char EXAM_LUA[] =
     "  'session', ARGV[2], 'course', course, 'checks', checks,\n"
     "  'matches', matches, 'flags', flags, 'flags_total', total,\n"
     "  'session_credited_ms', credited, 'at_ms', ARGV[3])\n"
-    "redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',\n"
+    "g('XADD', 3, 'MAXLEN', '~', ARGV[4], '*',\n"
     "  'type', 'exam_result', 'learner_id', ARGV[1], 'org', org,\n"
     "  'course', course, 'session_id', ARGV[2], 'checks', checks,\n"
     "  'matches', matches, 'flags', flags, 'flags_total', total,\n"
     "  'session_credited_ms', credited, 'at_ms', ARGV[3],\n"
     "  'event_id', id)\n"
-    "return id\n";
+    "return done(id)\n";
 
 /* KEYS: enrol hash, sigs list, evidence set, stream, profile,
  *       pd:events.
@@ -254,6 +278,7 @@ static const char EXAM_LUA[] =
  * which costs one pass over it. The erasure is recorded the first time
  * and whenever something was deleted, so a repeat adds nothing. */
 static const char ERASE_LUA[] =
+    GLOBALS_LUA(6)
     "local tag = 'pd:{' .. ARGV[1] .. '}:'\n"
     "local enrol = redis.call('DEL', KEYS[1])\n"
     "local sigs = redis.call('DEL', KEYS[2])\n"
@@ -290,14 +315,14 @@ static const char ERASE_LUA[] =
     "    'enrolment', enrol, 'signatures', sigs, 'evidence_ids', #eids,\n"
     "    'evidence_images', images, 'enrolment_entries', redacted,\n"
     "    'at_ms', ARGV[2])\n"
-    "  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], '*',\n"
+    "  g('XADD', 6, 'MAXLEN', '~', ARGV[3], '*',\n"
     "    'type', 'erasure', 'learner_id', ARGV[1], 'enrolment', enrol,\n"
     "    'evidence_images', images, 'at_ms', ARGV[2], 'event_id', id)\n"
     "  recorded = 1\n"
     "end\n"
     "local out = {enrol, sigs, images, redacted, recorded}\n"
     "for _, e in ipairs(eids) do out[#out + 1] = e end\n"
-    "return out\n";
+    "return done(out)\n";
 
 /* KEYS: organisation's set, its roster zset.
  * ARGV: ZRANGE BYLEX start ("-" or "(<last id>"), count.
@@ -323,6 +348,17 @@ static const char REFRESH_LUA[] =
     "end\n"
     "return #KEYS\n";
 
+/* KEYS: the learner's lease.
+ * ARGV: holder ("<daemon id> <session id>"), ttl ms.
+ * Returns the holder after the call: ARGV[1] when the lease was this
+ * holder's (or nobody's, after an expiry) and is extended, else the
+ * other holder, whose lease is left alone. */
+static const char LEASE_LUA[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v and v ~= ARGV[1] then return v end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "return ARGV[1]\n";
+
 static int handles[LEDGER_SCRIPTS];
 
 int ledger_init(struct store *st)
@@ -330,7 +366,7 @@ int ledger_init(struct store *st)
     static const char *const sources[LEDGER_SCRIPTS] = {
         HELLO_LUA,   COMMIT_LUA, FLAG_LUA,  REVIEW_LUA, ENROL_LUA,
         VERDICT_LUA, EVIDENCE_LUA, EXAM_LUA, ERASE_LUA, ROSTER_LUA,
-        REFRESH_LUA,
+        REFRESH_LUA, LEASE_LUA,
     };
 
     for (int i = 0; i < LEDGER_SCRIPTS; i++) {
@@ -341,12 +377,135 @@ int ledger_init(struct store *st)
     return LEDGER_OK;
 }
 
+/* How many of each script's KEYS, at the end, are global keys (see
+ * GLOBALS_LUA). */
+static const int global_keys[LEDGER_SCRIPTS] = {
+    [LEDGER_COMMIT] = 1, [LEDGER_FLAG] = 4, [LEDGER_REVIEW] = 1,
+    [LEDGER_EXAM] = 1,   [LEDGER_ERASE] = 1,
+};
+
+#define LEDGER_GLOBAL_MAX 4
+#define LEDGER_GLOBAL_KEYLEN 64
+
+/* A cluster call whose global writes follow the script's reply. */
+struct deferred_call {
+    store_reply_cb cb;
+    void *arg;
+    int first;                  /* KEYS index (1-based) of names[0] */
+    int n;
+    char names[LEDGER_GLOBAL_MAX][LEDGER_GLOBAL_KEYLEN];
+};
+
+/* Sends one deferred write {cmd, key index, args...}. */
+static void send_deferred(struct store *st, const struct deferred_call *d,
+                          const redisReply *w)
+{
+    const char *argv[40];
+    size_t lens[40];
+    char nums[40][24];
+    long long k;
+
+    if (w->type != REDIS_REPLY_ARRAY || w->elements < 2 ||
+        w->elements > 40 || w->element[0]->type != REDIS_REPLY_STRING ||
+        w->element[1]->type != REDIS_REPLY_INTEGER)
+        goto bad;
+    k = w->element[1]->integer - d->first;
+    if (k < 0 || k >= d->n)
+        goto bad;
+    argv[0] = w->element[0]->str;
+    lens[0] = w->element[0]->len;
+    argv[1] = d->names[k];
+    lens[1] = strlen(d->names[k]);
+    for (size_t i = 2; i < w->elements; i++) {
+        const redisReply *e = w->element[i];
+
+        if (e->type == REDIS_REPLY_INTEGER) {
+            lens[i] = (size_t)snprintf(nums[i], sizeof(nums[i]), "%lld",
+                                       e->integer);
+            argv[i] = nums[i];
+        } else if (e->type == REDIS_REPLY_STRING) {
+            argv[i] = e->str;
+            lens[i] = e->len;
+        } else {
+            goto bad;
+        }
+    }
+    /* Not atomic with the script: a daemon dying between the two, or
+     * a master that is down, loses this global entry while the
+     * learner's keys and stream (the record) keep it. */
+    if (store_command_argv(st, NULL, NULL, (int)w->elements, argv, lens) !=
+        STORE_OK)
+        log_warning("msg=\"global index write not sent\" key=%s",
+                    d->names[k]);
+    return;
+
+bad:
+    log_warning("msg=\"bad deferred write from a script\"");
+}
+
+static void on_deferred_reply(struct store *st, redisReply *r, void *arg)
+{
+    struct deferred_call *d = arg;
+    redisReply *reply = r;
+
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[1]->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->element[1]->elements; i++)
+            send_deferred(st, d, r->element[1]->element[i]);
+        reply = r->element[0];
+    }
+    if (d->cb != NULL)
+        d->cb(st, reply, d->arg);
+    free(d);
+}
+
+/* On a cluster: the script without its global keys, which follow. */
+static int run_deferred(struct store *st, int handle, int nglobal,
+                        store_reply_cb cb, void *arg, int nkeys, int argc,
+                        const char **argv, const size_t *lens)
+{
+    const char *args[64];
+    size_t arglens[64];
+    struct deferred_call *d;
+    int first = nkeys - nglobal, n = 0;
+
+    if (first < 0 || argc > 64 || (d = calloc(1, sizeof(*d))) == NULL)
+        return LEDGER_ERR;
+    d->cb = cb;
+    d->arg = arg;
+    d->first = first + 1;
+    d->n = nglobal;
+    for (int i = 0; i < argc; i++) {
+        size_t len = lens != NULL ? lens[i] : strlen(argv[i]);
+
+        if (i >= first && i < nkeys) {
+            if (len >= LEDGER_GLOBAL_KEYLEN) {
+                free(d);
+                return LEDGER_ERR;
+            }
+            memcpy(d->names[i - first], argv[i], len);
+            continue;
+        }
+        args[n] = argv[i];
+        arglens[n++] = len;
+    }
+    if (store_script(st, handle, on_deferred_reply, d, first, n, args,
+                     arglens) != STORE_OK) {
+        free(d);
+        return LEDGER_ERR;
+    }
+    return LEDGER_OK;
+}
+
 int ledger_run(struct store *st, enum ledger_script script,
                store_reply_cb cb, void *arg, int nkeys, int argc,
                const char **argv, const size_t *lens)
 {
     if (script < 0 || script >= LEDGER_SCRIPTS || handles[script] < 0)
         return LEDGER_ERR;
+    if (store_is_cluster(st) && global_keys[script] > 0)
+        return run_deferred(st, handles[script], global_keys[script], cb,
+                            arg, nkeys, argc, argv, lens);
     if (store_script(st, handles[script], cb, arg, nkeys, argc, argv,
                      lens) != STORE_OK)
         return LEDGER_ERR;

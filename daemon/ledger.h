@@ -29,6 +29,15 @@
  *                                   after the last JPEG added
  *   pd:{L}:sigs               list  recent replay signatures, newest first
  *   pd:{L}:resume:<sid>       string course; expires after resume_window
+ *   pd:{L}:lease              string "<daemon id> <sid>": the daemon and
+ *                                   session crediting the learner now;
+ *                                   taken at every Hello (SET ... GET),
+ *                                   extended by its holder only, expires
+ *                                   after 3 x heartbeat_grace (10 s at
+ *                                   least) without it
+ *   pd:takeover               pub/sub channel: "<old daemon> <old sid>
+ *                                   <new sid> <learner>" tells the old
+ *                                   holder of a lease to let go
  *   pd:flagindex              hash  flag id -> learner id
  *   pd:flags:all, pd:flags:open  zset  flag ids by opened ms
  *   pd:evidx:<eid>            string learner id (expires with the JPEG)
@@ -44,11 +53,23 @@
  *                                   groups; trimmed to about
  *                                   redis.events_maxlen entries
  *
- * pd:events is declared among the KEYS of the scripts that write it, so
- * the event and what it reports are written atomically. On Redis Cluster
- * it lives in another slot than the learner's keys and those scripts
- * would be refused (CROSSSLOT): scaling out needs one event stream per
- * slot (pd:events:{<L>}-style) and consumers reading all of them.
+ * On a single Redis, pd:events and the flag indexes (pd:flagindex,
+ * pd:flags:all, pd:flags:open) are declared among the KEYS of the scripts
+ * that write them, so the event and what it reports are written
+ * atomically. On Redis Cluster they live in other slots than the
+ * learner's keys, and a script may touch one slot only: there the
+ * scripts hand those writes back and ledger_run() sends them, each to its
+ * own slot, right after the script's reply. That is not atomic: a daemon
+ * dying in between (or a master down) loses the event or index entry,
+ * never the credit or the flag, which the learner's keys and stream (the
+ * record) hold; nothing is written twice, the learner's script being
+ * idempotent by check id and the deferred writes following it once.
+ *
+ * Every script declares the keys it touches, except where their names
+ * come from data read inside it: REVIEW (the flag's course and days
+ * hashes) and ERASE (the JPEGs its evidence set names). Those carry the
+ * same learner's hash tag, so they are in the declared keys' slot, which
+ * Redis Cluster checks for every key a script touches.
  */
 #ifndef PROCTORD_LEDGER_H
 #define PROCTORD_LEDGER_H
@@ -78,6 +99,7 @@ enum ledger_script {
     LEDGER_ERASE,
     LEDGER_ROSTER,
     LEDGER_REFRESH,
+    LEDGER_LEASE,
     LEDGER_SCRIPTS
 };
 

@@ -41,6 +41,9 @@ struct metrics {
     atomic_uint_fast64_t redis_commands;
     atomic_uint_fast64_t redis_errors;
     atomic_uint_fast64_t redis_reconnects;
+    atomic_uint_fast64_t redis_redirects;   /* MOVED, ASK, TRYAGAIN... */
+    atomic_uint_fast64_t redis_retries;     /* resends after a delay */
+    atomic_uint_fast64_t takeovers_remote;  /* sessions another daemon took */
     atomic_uint_fast64_t redis_latency_us_sum;
     atomic_uint_fast64_t redis_latency_count;
     atomic_uint_fast64_t redis_up;

@@ -20,6 +20,12 @@
 #define ORG_CACHE_MAX 5000
 #define HELLO_DEADLINE_MS 2000
 #define PARKED_MAX 100000
+#define LEASE_CHANNEL "pd:takeover"
+#define LEASE_MIN_TTL_MS 10000
+
+struct session;
+static void lease_listen(struct core *core);
+static void lease_take(struct core *core, struct session *s);
 
 /* An organisation's enrolled embeddings, for the shared_face check. */
 struct org_entry {
@@ -50,6 +56,7 @@ struct session_table {
     size_t nparked;
     int32_t offset_s;           /* policy.timezone's offset, cached */
     int64_t offset_until_ms;
+    char daemon_id[33];         /* names this process in learner leases */
 };
 
 /* Names a session across an asynchronous Redis call: the session may
@@ -88,6 +95,8 @@ struct session_table *session_table_new(struct core *core)
     if (t == NULL)
         return NULL;
     t->core = core;
+    ledger_random_id(t->daemon_id);
+    lease_listen(core);
     return t;
 }
 
@@ -639,6 +648,8 @@ static void on_hello_reply(struct store *st, redisReply *r, void *arg)
     (void)st;
     if (s != NULL && !s->welcomed) {
         apply_hello_reply(core, s, r);
+        if (r != NULL && r->type == REDIS_REPLY_ARRAY)
+            lease_take(core, s);
         if (s->today_ms >= core->cfg.policy.daily_cap_ms)
             policy_set_suspended(&s->pol, POLICY_REASON_DAILY_CAP,
                                  core_now_ms(), &d);
@@ -677,13 +688,185 @@ static void take_over(struct core *core, struct session *old,
     free_session(old);
 }
 
+/* ---------------------------------------------------------------------
+ * Leases: one daemon credits a learner at a time
+ * ------------------------------------------------------------------ */
+
+/* Long enough that a refresh each heartbeat_grace keeps it through a
+ * missed round trip or two; short enough that a daemon gone dark lets
+ * go of its learners soon. */
+static int64_t lease_ttl_ms(const struct core *core)
+{
+    int64_t ttl = 3 * core->cfg.policy.heartbeat_grace_ms;
+
+    return ttl < LEASE_MIN_TTL_MS ? LEASE_MIN_TTL_MS : ttl;
+}
+
+static void lease_holder(const struct core *core, const struct session *s,
+                         char *buf, size_t len)
+{
+    snprintf(buf, len, "%s %s", core->sessions->daemon_id, s->id);
+}
+
+/* A login on another daemon holds the learner now: the session here
+ * ends as in a take-over on this daemon (4409, a concurrent_session flag
+ * when it was active within the minute, the exam result). Unlike one
+ * here, a session resumed elsewhere leaves its provisional time behind:
+ * policy state is not handed across daemons. */
+static void let_go(struct core *core, struct session *old, int same_session,
+                   const char *via)
+{
+    int64_t now = core_now_ms();
+    char check[40];
+
+    log_notice("msg=\"session taken over on another daemon\" session=%s "
+               "learner=%s resumed=%d via=%s", old->id, old->claims.sub,
+               same_session, via);
+    metrics_add(takeovers_remote, 1);
+    net_send(core->net, old->conn, NULL, 0, 4409);
+    if (!same_session && old->last_active_ms != 0 &&
+        now - old->last_active_ms <= 60000) {
+        snprintf(check, sizeof(check), "t%lld", (long long)now);
+        credit_flag(core, old, POLICY_FLAG_CONCURRENT_SESSION,
+                    policy_provisional_ms(&old->pol), check, now);
+    }
+    if (old->exam && !same_session)
+        ledger_exam_result(core->store, old->claims.sub, old->id, now,
+                           core->cfg.events_maxlen);
+    unlink_session(core->sessions, old);
+    free_session(old);
+}
+
+/* "<old daemon> <old sid> <new sid> <learner>" on LEASE_CHANNEL. */
+static void on_takeover_message(struct store *st, const char *msg,
+                                size_t len, void *arg)
+{
+    struct core *core = arg;
+    char buf[48 + 33 + 33 + AUTH_IDLEN], daemon[33], old_sid[33],
+        new_sid[33];
+    struct session *s;
+    int used = 0;
+
+    (void)st;
+    if (core->sessions == NULL || len >= sizeof(buf))
+        return;
+    memcpy(buf, msg, len);
+    buf[len] = '\0';
+    if (sscanf(buf, "%32s %32s %32s %n", daemon, old_sid, new_sid,
+               &used) != 3 || used == 0 || buf[used] == '\0') {
+        log_warning("msg=\"bad take-over message\" len=%zu", len);
+        return;
+    }
+    if (strcmp(daemon, core->sessions->daemon_id) != 0)
+        return;
+    s = find_learner(core->sessions, buf + used);
+    if (s != NULL && strcmp(s->id, old_sid) == 0)
+        let_go(core, s, strcmp(old_sid, new_sid) == 0, "message");
+}
+
+static void lease_listen(struct core *core)
+{
+    if (store_subscribe(core->store, LEASE_CHANNEL, on_takeover_message,
+                        core) != STORE_OK)
+        log_warning("msg=\"cannot subscribe to take-overs\" channel=%s",
+                    LEASE_CHANNEL);
+}
+
+struct lease_ctx {
+    struct core *core;
+    char learner[AUTH_IDLEN];
+    char sid[33];
+};
+
+/* The lease's previous holder, if another daemon, is told to let go. */
+static void on_lease_taken(struct store *st, redisReply *r, void *arg)
+{
+    struct lease_ctx *l = arg;
+    char daemon[33], sid[33], msg[48 + 33 + 33 + AUTH_IDLEN];
+
+    if (r != NULL && r->type == REDIS_REPLY_STRING &&
+        sscanf(r->str, "%32s %32s", daemon, sid) == 2 &&
+        strcmp(daemon, l->core->sessions->daemon_id) != 0) {
+        snprintf(msg, sizeof(msg), "%s %s %s %s", daemon, sid, l->sid,
+                 l->learner);
+        log_verbose("msg=\"lease taken from another daemon\" learner=%s "
+                    "daemon=%s session=%s", l->learner, daemon, sid);
+        store_command(st, NULL, NULL, "PUBLISH %s %s", LEASE_CHANNEL, msg);
+    }
+    free(l);
+}
+
+/* Takes the learner's lease for session s at its Hello. */
+static void lease_take(struct core *core, struct session *s)
+{
+    struct lease_ctx *l = malloc(sizeof(*l));
+    char holder[80];
+
+    if (l == NULL)
+        return;
+    l->core = core;
+    snprintf(l->learner, sizeof(l->learner), "%s", s->claims.sub);
+    snprintf(l->sid, sizeof(l->sid), "%s", s->id);
+    lease_holder(core, s, holder, sizeof(holder));
+    s->lease_touched_ms = core_now_ms();
+    if (store_command(core->store, on_lease_taken, l,
+                      "SET pd:{%s}:lease %s PX %lld GET", s->claims.sub,
+                      holder, (long long)lease_ttl_ms(core)) != STORE_OK)
+        free(l);
+}
+
+static void on_lease_refreshed(struct store *st, redisReply *r, void *arg)
+{
+    struct session_ref *ref = arg;
+    struct session *s = session_find(ref->core, ref->conn, ref->serial);
+    char holder[80], daemon[33], sid[33];
+
+    (void)st;
+    if (s != NULL && r != NULL && r->type == REDIS_REPLY_STRING) {
+        lease_holder(ref->core, s, holder, sizeof(holder));
+        /* Another holder: the take-over message never came (the
+         * subscriber was down), so the lease says it. */
+        if (strcmp(r->str, holder) != 0 &&
+            sscanf(r->str, "%32s %32s", daemon, sid) == 2)
+            let_go(ref->core, s, strcmp(sid, s->id) == 0, "lease");
+    }
+    free(ref);
+}
+
+/* Extends the lease of a live session every heartbeat_grace. */
+static void lease_refresh(struct core *core, struct session *s, int64_t now)
+{
+    struct session_ref *ref;
+    char key[320], holder[80], ttl[24];
+    const char *argv[3];
+
+    if (now - s->lease_touched_ms < core->cfg.policy.heartbeat_grace_ms ||
+        !store_is_up(core->store) ||
+        ledger_key(key, sizeof(key), s->claims.sub, "lease") != LEDGER_OK ||
+        (ref = malloc(sizeof(*ref))) == NULL)
+        return;
+    s->lease_touched_ms = now;
+    ref->core = core;
+    ref->conn = s->conn;
+    ref->serial = s->serial;
+    lease_holder(core, s, holder, sizeof(holder));
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)lease_ttl_ms(core));
+    argv[0] = key;
+    argv[1] = holder;
+    argv[2] = ttl;
+    if (ledger_run(core->store, LEDGER_LEASE, on_lease_refreshed, ref, 1, 3,
+                   argv, NULL) != LEDGER_OK)
+        free(ref);
+}
+
 static void start_hello(struct core *core, struct session *s,
                         const char *resume)
 {
     char resume_key[320], course_key[320], days_key[200], enrol_key[200];
-    char ttl[32], now_s[32], day_s[16], rsuf[64];
+    char new_resume[200], new_session[200], asked_session[200];
+    char profile_key[200], ttl[32], now_s[32], day_s[16], rsuf[64];
     struct session_ref *ref;
-    const char *argv[13];
+    const char *argv[17];
     int64_t now = core_now_ms();
 
     ref = malloc(sizeof(*ref));
@@ -698,6 +881,14 @@ static void start_hello(struct core *core, struct session *s,
              s->claims.sub, s->claims.course);
     ledger_key(days_key, sizeof(days_key), s->claims.sub, "days");
     ledger_key(enrol_key, sizeof(enrol_key), s->claims.sub, "enrol");
+    snprintf(rsuf, sizeof(rsuf), "resume:%s", s->id);
+    ledger_key(new_resume, sizeof(new_resume), s->claims.sub, rsuf);
+    snprintf(rsuf, sizeof(rsuf), "session:%s", s->id);
+    ledger_key(new_session, sizeof(new_session), s->claims.sub, rsuf);
+    snprintf(rsuf, sizeof(rsuf), "session:%s",
+             resume[0] != '\0' ? resume : s->id);
+    ledger_key(asked_session, sizeof(asked_session), s->claims.sub, rsuf);
+    ledger_key(profile_key, sizeof(profile_key), s->claims.sub, "profile");
     snprintf(ttl, sizeof(ttl), "%lld",
              (long long)core->cfg.policy.resume_window_ms);
     snprintf(now_s, sizeof(now_s), "%lld", (long long)now);
@@ -708,20 +899,24 @@ static void start_hello(struct core *core, struct session *s,
     argv[1] = course_key;
     argv[2] = days_key;
     argv[3] = enrol_key;
-    argv[4] = s->id;
-    argv[5] = resume;
-    argv[6] = ttl;
-    argv[7] = s->claims.sub;
-    argv[8] = s->claims.course;
-    argv[9] = day_s;
-    argv[10] = s->claims.org;
-    argv[11] = now_s;
-    argv[12] = auth_role_name(s->claims.role);
+    argv[4] = new_resume;
+    argv[5] = new_session;
+    argv[6] = asked_session;
+    argv[7] = profile_key;
+    argv[8] = s->id;
+    argv[9] = resume;
+    argv[10] = ttl;
+    argv[11] = s->claims.sub;
+    argv[12] = s->claims.course;
+    argv[13] = day_s;
+    argv[14] = s->claims.org;
+    argv[15] = now_s;
+    argv[16] = auth_role_name(s->claims.role);
 
     /* With Redis down the learner still gets a session; crediting is
      * suspended until the store is back, and Status says so. */
     if (ref == NULL || ledger_run(core->store, LEDGER_HELLO, on_hello_reply,
-                                  ref, 4, 13, argv, NULL) != LEDGER_OK) {
+                                  ref, 8, 17, argv, NULL) != LEDGER_OK) {
         free(ref);
         send_welcome(core, s);
     }
@@ -937,6 +1132,16 @@ static void refresh_resume(struct core *core, struct refresh_batch *b,
     if (ledger_key(b->keys[b->n], sizeof(b->keys[b->n]), s->claims.sub,
                    suffix) != LEDGER_OK)
         return;
+    /* On a cluster one script may only touch one slot: a key of another
+     * slot than the batch's starts a new batch. */
+    if (b->n > 0 && !store_same_slot(core->store, b->keys[0],
+                                     b->keys[b->n])) {
+        char key[320];
+
+        memcpy(key, b->keys[b->n], sizeof(key));
+        refresh_flush(core, b);
+        memcpy(b->keys[0], key, sizeof(key));
+    }
     b->courses[b->n++] = s->claims.course;
     if (b->n == LEDGER_REFRESH_BATCH)
         refresh_flush(core, b);
@@ -978,6 +1183,7 @@ void session_tick(struct core *core)
                     credit_apply(core, s, &d, check, NULL, 0, NULL);
                 challenge_tick(core, s, now);
                 refresh_resume(core, &batch, s, now);
+                lease_refresh(core, s, now);
             }
             s = next;
         }

@@ -1,7 +1,10 @@
 /* The Redis link: one hiredis async connection on the core's libevent
  * base, reconnected with back-off whenever Redis is down or goes away,
  * and, for redis.address = embedded, a private redis-server child with
- * AOF under redis.data_dir. Only the core thread calls in here. */
+ * AOF under redis.data_dir. With redis.cluster the address is a seed
+ * node of a Redis Cluster: the store reads the slot map, keeps one link
+ * per master and sends each command to the master of its key's slot,
+ * following MOVED and ASK. Only the core thread calls in here. */
 #ifndef PROCTORD_STORE_H
 #define PROCTORD_STORE_H
 
@@ -35,8 +38,26 @@ struct store *store_new(struct event_base *base, const struct config *cfg,
 
 void store_set_state_cb(struct store *st, store_state_cb cb, void *arg);
 
+/* Called for each message published on the subscribed channel. */
+typedef void (*store_message_cb)(struct store *st, const char *msg,
+                                 size_t len, void *arg);
+
+/* Subscribes to one channel on a link of its own, kept subscribed
+ * across reconnects (on a cluster, any node: PUBLISH reaches all).
+ * Messages sent while the link was down are lost. */
+int store_subscribe(struct store *st, const char *channel,
+                    store_message_cb cb, void *arg);
+
+/* 1 when keys a and b may go in one multi-key command: always on a
+ * single Redis, on a cluster when they share a slot. */
+int store_same_slot(const struct store *st, const char *a, const char *b);
+
+/* 1 when the store speaks Redis Cluster. */
+int store_is_cluster(const struct store *st);
+
 /* Sends a command (printf-style as in redisAsyncCommand). Returns
- * STORE_ERR, without calling cb, when Redis is not connected. */
+ * STORE_ERR, without calling cb, when Redis is not connected (on a
+ * cluster: the master of the key's slot). */
 int store_command(struct store *st, store_reply_cb cb, void *arg,
                   const char *fmt, ...);
 
