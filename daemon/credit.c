@@ -486,7 +486,7 @@ void credit_apply(struct core *core, struct session *s,
                   const unsigned char *jpeg, size_t jpeg_len,
                   const struct credit_reply *reply)
 {
-    char evidence[33] = "", cpart[48];
+    char evidence[33] = "", cpart[48], lkey[320];
     struct credit_ctx *done;
     int64_t now = core_now_ms();
     int64_t flag_day;
@@ -521,13 +521,18 @@ void credit_apply(struct core *core, struct session *s,
 
     /* Buffered writes cannot be waited for: the Verdict goes now, and
      * its Status shows the buffered time as pending_s, not credited_s.
-     * Otherwise Redis answers in order: the PING's reply comes after
-     * every write above. */
+     * Otherwise Redis answers in order on one connection: a read of a
+     * key of the learner's (so that on a cluster it goes to the master
+     * that took the writes above, where a keyless PING would not)
+     * answers after every one of them. */
     done = buffered ? NULL : ctx_new(core, s);
     if (done != NULL && reply != NULL)
         done->reply = *reply;
+    if (done != NULL)
+        ledger_key(lkey, sizeof(lkey), s->claims.sub, "enrol");
     if (done == NULL ||
-        store_command(core->store, on_written, done, "PING") != STORE_OK) {
+        store_command(core->store, on_written, done, "EXISTS %s", lkey) !=
+            STORE_OK) {
         free(done);
         reply_now(core, s, reply);
     }
