@@ -17,8 +17,12 @@ import urllib.request
 import pytest
 import websockets
 
-from conftest import (Learner, learner_token, platform_token, run,
-                      run_binary)
+from conftest import (VALGRIND, Learner, learner_token, platform_token,
+                      run, run_binary)
+
+# A handshake under memcheck takes seconds: OpenSSL runs some 50 times
+# slower there.
+TLS_TIMEOUT = 60 if VALGRIND else 10
 
 
 def make_pair(directory, name):
@@ -51,7 +55,7 @@ def client_context(cert):
     return ctx
 
 
-def https(daemon, cert, method, path, token=None, timeout=10):
+def https(daemon, cert, method, path, token=None, timeout=TLS_TIMEOUT):
     """(status, parsed JSON body) over https:// to the API port."""
     req = urllib.request.Request("https://127.0.0.1:%d%s" %
                                  (daemon.http_port, path), method=method)
@@ -69,7 +73,7 @@ async def wss_learner(daemon, cert):
     ws = await websockets.connect(
         "wss://127.0.0.1:%d/v1/learn" % daemon.ws_port,
         subprotocols=["proctor.v1"], ssl=client_context(cert), max_size=None,
-        ping_interval=None, open_timeout=10, close_timeout=2)
+        ping_interval=None, open_timeout=TLS_TIMEOUT, close_timeout=2)
     return Learner(ws)
 
 
@@ -112,12 +116,12 @@ def test_plain_text_on_tls_ports_fails(tls_daemon, pair):
                             asyncio.TimeoutError)):
             ws = await websockets.connect(
                 "ws://127.0.0.1:%d/v1/learn" % tls_daemon.ws_port,
-                subprotocols=["proctor.v1"], open_timeout=5)
+                subprotocols=["proctor.v1"], open_timeout=TLS_TIMEOUT)
             await ws.close()
     run(plain_ws())
 
     conn = http.client.HTTPConnection("127.0.0.1", tls_daemon.http_port,
-                                      timeout=5)
+                                      timeout=TLS_TIMEOUT)
     with pytest.raises((http.client.HTTPException, OSError)):
         conn.request("GET", "/healthz")
         conn.getresponse().read()
