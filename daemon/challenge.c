@@ -544,6 +544,7 @@ void challenge_on_snapshot(struct core *core, struct session *s,
         return;
     }
     ctx->job->arg = ctx;
+    ctx->job->drop_arg = free;
 
     if (vision_pool_submit(core->vision, ctx->job) != VISION_POOL_OK) {
         /* Back-pressure: no verdict, and the check is asked again

@@ -78,6 +78,8 @@ static const struct key_def key_defs[] = {
     {"server", "shutdown_timeout", KEY_DURATION, F(shutdown_timeout_ms), 1,
      INFINITY, 0},
     {"server", "console_dir", KEY_PATH, F(console_dir), 0, 0, 0},
+    {"server", "tls_cert", KEY_PATH, F(tls_cert), 0, 0, 0},
+    {"server", "tls_key", KEY_PATH, F(tls_key), 0, 0, 0},
 
     /* commit_buffer 0: crediting pauses as soon as Redis is gone. */
     {"redis", "address", KEY_REDIS_ADDR, F(redis_address), 0, 0, 0},
@@ -921,6 +923,33 @@ static int check_policy(struct config_parse *ctx)
                        p->heartbeat_interval_ms);
 }
 
+/* One of the pair alone would serve plain text where the operator meant
+ * TLS. Only readability is checked here; whether the files hold a
+ * matching certificate and key is the TLS module's question. */
+static int check_tls(struct config_parse *ctx)
+{
+    const struct config *cfg = ctx->cfg;
+    const char *paths[2] = {cfg->tls_cert, cfg->tls_key};
+    static const char *const keys[2] = {"server.tls_cert", "server.tls_key"};
+    int have_cert = paths[0][0] != '\0', have_key = paths[1][0] != '\0';
+
+    if (have_cert && !have_key)
+        return parse_fail(ctx, "server.tls_key: required with "
+                          "server.tls_cert");
+    if (have_key && !have_cert)
+        return parse_fail(ctx, "server.tls_cert: required with "
+                          "server.tls_key");
+    for (int i = 0; i < 2 && have_cert; i++) {
+        FILE *fp = fopen(paths[i], "r");
+
+        if (fp == NULL)
+            return parse_fail(ctx, "%s: cannot read \"%s\": %s", keys[i],
+                              paths[i], strerror(errno));
+        fclose(fp);
+    }
+    return CONFIG_OK;
+}
+
 static int finish(struct config_parse *ctx)
 {
     struct config *cfg = ctx->cfg;
@@ -939,6 +968,8 @@ static int finish(struct config_parse *ctx)
     if (cfg->redis_cluster && strcmp(cfg->redis_address, "embedded") == 0)
         return parse_fail(ctx, "redis.cluster: needs redis.address "
                           "host:port, not \"embedded\"");
+    if (check_tls(ctx) != CONFIG_OK)
+        return CONFIG_ERR;
     return check_policy(ctx);
 }
 

@@ -54,6 +54,9 @@ struct config {
     size_t http_max_body;
     int64_t shutdown_timeout_ms;
     char console_dir[CONFIG_PATHLEN];   /* the console's static files */
+    /* PEM files; both empty (plain ws:// and http://) or both set. */
+    char tls_cert[CONFIG_PATHLEN];
+    char tls_key[CONFIG_PATHLEN];
 
     /* [redis] */
     char redis_address[CONFIG_ADDRLEN];  /* "embedded" or host:port */

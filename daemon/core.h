@@ -16,6 +16,7 @@ struct store;
 struct http;
 struct session_table;
 struct vision_pool;
+struct ssl_ctx_st;
 
 struct core {
     struct config cfg;
@@ -27,6 +28,7 @@ struct core {
     struct http *http;
     struct session_table *sessions;
     struct vision_pool *vision;
+    struct ssl_ctx_st *tls;     /* NULL without server.tls_cert */
     struct queue inbox;         /* struct net_event, from network threads */
     struct event *inbox_ev;
     int draining;

@@ -4,9 +4,11 @@
 #include "http.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,6 +333,44 @@ static void on_request(struct evhttp_request *req, void *arg)
     http_reply_error(req, 404, "no such resource");
 }
 
+/* ---------------------------------------------------------------------
+ * TLS
+ *
+ * With server.tls_cert set, every API connection starts as a TLS
+ * handshake in a bufferevent_openssl. Those handshakes run here, on the
+ * core thread, because evhttp lives on its base: the API serves a few
+ * platforms and supervisors on keep-alive connections, so they are rare.
+ * The many learner handshakes run on the network threads (net.c), never
+ * here.
+ * ------------------------------------------------------------------ */
+
+static struct bufferevent *on_new_tls_conn(struct event_base *base,
+                                           void *arg)
+{
+    struct http *h = arg;
+    SSL *ssl = SSL_new(h->core->tls);
+    struct bufferevent *bev;
+
+    /* TODO: when SSL_new fails (out of memory) evhttp falls back to a
+     * plain bufferevent, so that one connection is served without TLS. */
+    if (ssl == NULL) {
+        log_warning("msg=\"https connection without TLS state\" "
+                    "error=\"SSL_new failed\"");
+        return NULL;
+    }
+    bev = bufferevent_openssl_socket_new(base, -1, ssl,
+                                         BUFFEREVENT_SSL_ACCEPTING,
+                                         BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    /* Many HTTP clients hang up without close_notify once they have the
+     * whole answer; that is not an error worth a log line. */
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
 struct http *http_new(struct core *core, char *err, size_t errlen)
 {
     const char *listen = core->cfg.http_listen;
@@ -369,6 +409,8 @@ struct http *http_new(struct core *core, char *err, size_t errlen)
                                            EVHTTP_REQ_PUT | EVHTTP_REQ_POST |
                                            EVHTTP_REQ_DELETE);
     evhttp_set_gencb(h->evh, on_request, h);
+    if (core->tls != NULL)
+        evhttp_set_bevcb(h->evh, on_new_tls_conn, h);
     return h;
 }
 

@@ -479,6 +479,7 @@ static void on_enrol(struct core *core, struct evhttp_request *req,
         return;
     }
     job->arg = e;
+    job->drop_arg = free;
     job->submitted_ms = core_now_ms();
     if (vision_pool_submit(core->vision, job) != VISION_POOL_OK) {
         vision_job_free(job);

@@ -21,6 +21,7 @@
 #include "net.h"
 #include "session.h"
 #include "store.h"
+#include "tls.h"
 #include "vision_pool.h"
 
 #define INBOX_CAPACITY 131072
@@ -106,6 +107,23 @@ static int load_config(struct config *cfg, const char *path)
         return -1;
     }
     snprintf(cfg->jwt_secret, sizeof(cfg->jwt_secret), "%s", secret);
+    return 0;
+}
+
+/* A certificate and key that do not load or do not match are a
+ * configuration error, found before anything starts. */
+static int load_tls(struct core *core)
+{
+    char err[CONFIG_ERRLEN];
+
+    if (core->cfg.tls_cert[0] == '\0')
+        return 0;
+    core->tls = tls_server_ctx_new(core->cfg.tls_cert, core->cfg.tls_key,
+                                   err, sizeof(err));
+    if (core->tls == NULL) {
+        fprintf(stderr, "proctord: %s\n", err);
+        return -1;
+    }
     return 0;
 }
 
@@ -258,6 +276,10 @@ static int start(struct core *core)
     no.to_core = &core->inbox;
     no.wake = on_wake;
     no.wake_arg = core;
+    if (core->tls != NULL) {
+        no.tls_cert = core->cfg.tls_cert;
+        no.tls_key = core->cfg.tls_key;
+    }
     core->net = net_new(&no, err, sizeof(err));
     if (core->net == NULL || net_start(core->net) != NET_OK)
         goto fail;
@@ -334,6 +356,7 @@ static void stop(struct core *core)
             }
     }
     http_free(core->http);
+    tls_ctx_free(core->tls);
     vision_pool_free(core->vision);
     session_table_free(core->sessions);
     store_free(core->store);
@@ -357,6 +380,8 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     if (load_config(&core.cfg, path) != 0)
         return EXIT_CONFIG;
+    if (load_tls(&core) != 0)
+        return EXIT_CONFIG;
     core.config_path = path;
     log_verbosity = core.cfg.log_level;
     apply_timezone(core.cfg.policy.timezone);
@@ -371,9 +396,9 @@ int main(int argc, char **argv)
         return 1;
     }
     log_notice("msg=\"proctord started\" version=%s ws=%s http=%s "
-               "threads=%d redis=%s", PROCTORD_VERSION, core.cfg.ws_listen,
-               core.cfg.http_listen, core.cfg.threads,
-               store_address(core.store));
+               "threads=%d redis=%s tls=%s", PROCTORD_VERSION,
+               core.cfg.ws_listen, core.cfg.http_listen, core.cfg.threads,
+               store_address(core.store), core.tls != NULL ? "on" : "off");
 
     if (event_base_dispatch(core.base) < 0)
         rc = 1;

@@ -623,15 +623,22 @@ static void deliver(struct net_thread *t, struct net_out *o)
     conn_enqueue(c, f);
 }
 
+/* With TLS the adopted socket starts with the handshake, on this thread:
+ * neither the acceptor nor the core ever runs one. */
 static void adopt(struct net_thread *t, int fd)
 {
     struct lws_vhost *vh = lws_get_vhost_by_name(t->ctx, "default");
+    lws_adoption_type type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
+    lws_sock_file_fd_type sock;
 
+    if (t->net->opt.tls_cert != NULL)
+        type |= LWS_ADOPT_ALLOW_SSL;
+    sock.sockfd = fd;
     /* lws closes the socket itself when adoption fails. */
     if (t->draining || vh == NULL)
         close(fd);
     else
-        lws_adopt_socket_vhost(vh, fd);
+        lws_adopt_descriptor_vhost(vh, type, sock, NULL, NULL);
 }
 
 static void on_wakeup(struct net_thread *t)
@@ -799,6 +806,14 @@ static int thread_init(struct net *net, struct net_thread *t, int index,
     info.count_threads = 1;
     info.fd_limit_per_thread = nslots + 64;
     info.timeout_secs = 10;
+    /* Each context loads the pair itself: lws 4.1 takes no server SSL_CTX
+     * from outside. A plain-text client on this port fails the handshake
+     * and is closed by lws. */
+    if (net->opt.tls_cert != NULL) {
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = net->opt.tls_cert;
+        info.ssl_private_key_filepath = net->opt.tls_key;
+    }
     t->ctx = lws_create_context(&info);
     if (t->ctx == NULL) {
         snprintf(err, errlen, "net: cannot create a libwebsockets context");

@@ -46,6 +46,10 @@ struct net_options {
     struct queue *to_core;      /* of struct net_event */
     net_wake_cb wake;           /* called after a push into an empty queue */
     void *wake_arg;
+    /* PEM files, both NULL for plain ws://; checked to load and match
+     * before net_new() is called. */
+    const char *tls_cert;
+    const char *tls_key;
 };
 
 struct net;

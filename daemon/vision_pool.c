@@ -307,17 +307,26 @@ void vision_pool_stop(struct vision_pool *pool)
     pool->started = 0;
 }
 
+/* Their done callbacks cannot run any more (the HTTP side and the
+ * sessions may be gone), so what they would have freed is freed here. */
+static void drop_job(struct vision_job *job)
+{
+    if (job->drop_arg != NULL)
+        job->drop_arg(job->arg);
+    vision_job_free(job);
+}
+
 void vision_pool_free(struct vision_pool *pool)
 {
     if (pool == NULL)
         return;
     /* Jobs still queued or finished but unhandled are dropped here. */
     for (int i = 0; i < pool->count; i++)
-        vision_job_free(pool->jobs[(pool->head + i) % pool->capacity]);
+        drop_job(pool->jobs[(pool->head + i) % pool->capacity]);
     if (pool->done.items != NULL) {
         struct vision_job *job;
         while (queue_pop_many(&pool->done, &job, 1) == 1)
-            vision_job_free(job);
+            drop_job(job);
         queue_cleanup(&pool->done);
     }
     for (int i = 0; pool->workers != NULL && i < pool->nworkers; i++)

@@ -28,6 +28,9 @@ struct vision_job {
     uint64_t challenge_id;
     int64_t submitted_ms;
     void *arg;                  /* the submitter's, untouched */
+    /* Frees arg when the pool drops the job at shutdown without calling
+     * done; NULL when arg needs no freeing. */
+    void (*drop_arg)(void *arg);
     unsigned char *jpeg;        /* owned by the job */
     size_t len;
     struct vision_result result;

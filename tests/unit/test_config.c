@@ -679,6 +679,51 @@ static void test_policy_diff(void **state)
     assert_int_equal(config_policy_diff(&a.policy, &b.policy, NULL, 0), 5);
 }
 
+/* The TLS pair: both or neither, and each file readable. Whether they
+ * are a certificate and its key is tls.c's check (test_tls.py). */
+static void test_tls_pair(void **state)
+{
+    char path[] = "/tmp/proctord-tls-XXXXXX", text[512];
+    char err[CONFIG_ERRLEN];
+    struct config cfg;
+    int fd = mkstemp(path);
+
+    (void)state;
+    assert_true(fd >= 0);
+    close(fd);
+
+    config_defaults(&cfg);
+    snprintf(text, sizeof(text), "[server]\ntls_cert = %s\n[auth]\n"
+             "jwt_secret = exactly-16-bytes\n", path);
+    assert_int_equal(config_load_string(&cfg, text, err, sizeof(err)),
+                     CONFIG_ERR);
+    assert_string_equal(err, "server.tls_key: required with server.tls_cert");
+
+    snprintf(text, sizeof(text), "[server]\ntls_key = %s\n[auth]\n"
+             "jwt_secret = exactly-16-bytes\n", path);
+    assert_int_equal(config_load_string(&cfg, text, err, sizeof(err)),
+                     CONFIG_ERR);
+    assert_string_equal(err, "server.tls_cert: required with server.tls_key");
+
+    snprintf(text, sizeof(text), "[server]\ntls_cert = %s\ntls_key = "
+             "/nonexistent/key.pem\n[auth]\njwt_secret = "
+             "exactly-16-bytes\n", path);
+    assert_int_equal(config_load_string(&cfg, text, err, sizeof(err)),
+                     CONFIG_ERR);
+    assert_string_equal(err, "server.tls_key: cannot read "
+                        "\"/nonexistent/key.pem\": No such file or "
+                        "directory");
+    assert_string_equal(cfg.tls_cert, "");
+
+    snprintf(text, sizeof(text), "[server]\ntls_cert = %s\ntls_key = %s\n"
+             "[auth]\njwt_secret = exactly-16-bytes\n", path, path);
+    assert_int_equal(config_load_string(&cfg, text, err, sizeof(err)),
+                     CONFIG_OK);
+    assert_string_equal(cfg.tls_cert, path);
+    assert_string_equal(cfg.tls_key, path);
+    unlink(path);
+}
+
 /* The shipped example must load and say exactly the defaults. */
 static void test_example_config(void **state)
 {
@@ -730,6 +775,7 @@ int main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_policy_reload),
         cmocka_unit_test(test_policy_diff),
+        cmocka_unit_test(test_tls_pair),
         cmocka_unit_test(test_example_config),
     };
 
