@@ -816,6 +816,12 @@ static void loop_free(struct net_thread *t)
     if (t->uv_ready) {
         for (int i = 0; i < 1000 && uv_run(&t->uv_loop, UV_RUN_NOWAIT); i++)
             ;
+        /* With a foreign libuv loop the first lws_context_destroy() only
+         * starts the closes; once the loop has run them, a second call
+         * frees the context (lws 4.1's three-stage destroy). */
+        if (t->ctx != NULL)
+            lws_context_destroy(t->ctx);
+        t->ctx = NULL;
         if (uv_loop_close(&t->uv_loop) != 0)
             log_warning("msg=\"libuv loop left with open handles\" "
                         "thread=%d", t->index);
@@ -1121,6 +1127,8 @@ void net_free(struct net *net)
 
         if (t->ctx != NULL)
             lws_context_destroy(t->ctx);
+        if (!t->uv_ready)
+            t->ctx = NULL;
         loop_free(t);
         if (t->outq.items != NULL) {
             while ((n = queue_pop_many(&t->outq, batch, NET_POP_BATCH)))

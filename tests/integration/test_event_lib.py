@@ -5,9 +5,9 @@ the rate and size limits, SIGHUP, and the drain on SIGTERM and SIGINT
 (libuv or libev must not take the signals from the core).
 
 Known under uv (lws 4.1.6): lws shuts the socket without the close frame
-that should follow our Error, so a client sees the Error but no close
-code; closing() below accepts that for uv only, and bench/README.md says
-why uv is not the default."""
+that should follow our Error, so a client sees the Error (or, still
+sending, a reset) but no close code; closing() below accepts that for uv
+only, and bench/README.md says why uv is not the default."""
 
 import signal
 import time
@@ -24,12 +24,16 @@ async def closing(c, lib, code):
     """The server closes c with code: the close frame, and before it an
     Error with the same code for our own (4xxx) codes."""
     got, errors = await c.close_info(timeout=6)
-    if code >= 4000:
-        assert [e.code for e in errors] == [code], errors
+    codes = [e.code for e in errors]
     if lib == "uv":
+        # Without the close frame a client still sending (the flood) can
+        # get a reset and lose the Error too; the close itself must come.
         assert got in (code, None), got
-    else:
-        assert got == code, (got, errors)
+        assert codes in ([], [code]) if code >= 4000 else codes == [], codes
+        return
+    assert got == code, (got, errors)
+    if code >= 4000:
+        assert codes == [code], errors
 
 
 def _daemon(daemon_factory, lib, **extra):
