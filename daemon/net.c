@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -874,6 +875,31 @@ bad:
     return NET_ERR;
 }
 
+/* lws 4.1 finds the connection of a ready descriptor by indexing a table
+ * with it, unless fd_limit_per_thread x threads is below the process's
+ * descriptor limit: then by a linear search of that table, on every
+ * event. At 10,000 connections a thread that search was over half of the
+ * daemon's CPU (bench/README.md), so each context gets a table as large as
+ * the limit. The tables are calloc'd: only the pages of descriptors in use
+ * are touched. Past NET_FD_TABLE_MAX the search comes back, said once. */
+#define NET_FD_TABLE_MAX (1u << 20)
+
+static unsigned fd_table_size(unsigned need)
+{
+    static atomic_int warned;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur <= need)
+        return need;
+    if (rl.rlim_cur <= NET_FD_TABLE_MAX)
+        return (unsigned)rl.rlim_cur;
+    if (!atomic_exchange(&warned, 1))
+        log_warning("msg=\"descriptor limit above what lws can index; its "
+                    "lookups are linear\" limit=%llu max=%u",
+                    (unsigned long long)rl.rlim_cur, NET_FD_TABLE_MAX);
+    return need;
+}
+
 static int thread_init(struct net *net, struct net_thread *t, int index,
                        uint32_t nslots, char *err, size_t errlen)
 {
@@ -903,7 +929,7 @@ static int thread_init(struct net *net, struct net_thread *t, int index,
     info.gid = (gid_t)-1;
     info.uid = (uid_t)-1;
     info.count_threads = 1;
-    info.fd_limit_per_thread = nslots + 64;
+    info.fd_limit_per_thread = fd_table_size(nslots + 64);
     info.timeout_secs = 10;
     if (loop_init(t, &info, err, errlen) != NET_OK)
         return NET_ERR;
