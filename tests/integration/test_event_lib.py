@@ -9,13 +9,16 @@ that should follow our Error, so a client sees the Error (or, still
 sending, a reset) but no close code; closing() below accepts that for uv
 only, and bench/README.md says why uv is not the default."""
 
+import os
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
 import websockets
 
-from conftest import Daemon, Learner, learner_token, run, run_binary
+from conftest import BIN, Daemon, Learner, learner_token, run, run_binary
 
 LIBS = ["poll", "uv", "ev"]
 
@@ -129,3 +132,46 @@ def test_unknown_event_lib_is_a_config_error(workdir):
     p = run_binary("-c", d.config_path)
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert b"server.event_lib" in p.stderr, p.stderr
+
+
+# A dlopen() that refuses lws's event-library plugins, as on a host where
+# libwebsockets-evlib-ev is not installed.
+NO_EVLIB_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <string.h>
+void *dlopen(const char *file, int flags)
+{
+    void *(*real)(const char *, int) =
+        (void *(*)(const char *, int))dlsym(RTLD_NEXT, "dlopen");
+    if (file != NULL && strstr(file, "evlib") != NULL)
+        return NULL;
+    return real(file, flags);
+}
+"""
+
+
+def test_missing_plugin_fails_naming_the_key(workdir, redis):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the dlopen shim")
+    src = os.path.join(workdir, "no_evlib.c")
+    lib = os.path.join(workdir, "no_evlib.so")
+    with open(src, "w") as f:
+        f.write(NO_EVLIB_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", lib, src, "-ldl"],
+                   check=True)
+    d = Daemon(workdir, redis.address, {"server.event_lib": "ev"})
+    env = dict(os.environ, LD_PRELOAD=lib)
+    # The sanitizer runtime wants to be first in the library list.
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") +
+                           ":verify_asan_link_order=0").lstrip(":")
+    p = subprocess.run([BIN, "-c", d.config_path], env=env,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    # The daemon's own line (a sanitizer build adds its report after it).
+    lines = [l for l in p.stderr.decode(errors="replace").splitlines()
+             if l.startswith("proctord: ")]
+    assert len(lines) == 1, p.stderr[-2000:]
+    assert "server.event_lib = ev" in lines[0], lines[0]
+    assert "libwebsockets-evlib-ev" in lines[0], lines[0]
