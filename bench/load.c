@@ -1322,12 +1322,26 @@ struct task_sample {
 };
 
 /* What a thread waits in says what it is: lws's loop polls, libevent's
- * core waits in epoll, workers on a futex, the acceptor in accept4. */
+ * core waits in epoll, workers on a futex, the acceptor in accept4. The
+ * daemon names its network threads (proctord-netN): under libuv or libev
+ * they wait in epoll like the core, and the name tells them apart. */
 static void task_role(int pid, int tid, char *out, size_t n)
 {
     char path[96], buf[64];
     long nr = -1;
     FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/comm", pid, tid);
+    if ((f = fopen(path, "r")) != NULL) {
+        int named = fgets(buf, sizeof(buf), f) != NULL &&
+                    strncmp(buf, "proctord-net", 12) == 0;
+
+        fclose(f);
+        if (named) {
+            snprintf(out, n, "net");
+            return;
+        }
+    }
 
     snprintf(path, sizeof(path), "/proc/%d/task/%d/syscall", pid, tid);
     if ((f = fopen(path, "r")) != NULL) {

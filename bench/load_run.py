@@ -7,6 +7,12 @@ every run's JSON and a summary table (medians) to the output directory.
 
 Run as root from the repository root after building:
     python3 bench/load_run.py [--runs 3] [--out DIR] [--quick] [--perf]
+    python3 bench/load_run.py --only evlib --evlib poll,uv,ev \
+        --evlib-sessions 2000,19900 [--evlib-runs 2]
+The evlib group holds sessions on the baseline and on the daemon for each
+event library (server.event_lib, proctord_ws_baseline --evlib), the
+libraries alternating within each run, and then idles 1,000 sessions on
+each daemon; its table puts the libraries side by side.
 It raises the descriptor limit itself (what `ulimit -n 200000` does in a
 shell) and says so when the hard limit does not allow it."""
 
@@ -139,10 +145,11 @@ class Daemon:
 
 
 class Baseline:
-    def __init__(self, workdir):
+    def __init__(self, workdir, evlib="poll"):
         self.port = free_port()
         self.out = open(os.path.join(workdir, "baseline.log"), "ab")
-        self.proc = subprocess.Popen([BASELINE, "--port", str(self.port)],
+        self.proc = subprocess.Popen([BASELINE, "--port", str(self.port),
+                                      "--evlib", evlib],
                                      stdout=self.out, stderr=self.out)
         wait_port(self.port, self.proc)
 
@@ -242,6 +249,49 @@ class Campaign:
             finally:
                 server.stop()
 
+    def evlib_campaign(self):
+        """Hold on the baseline and the daemon per event library, then
+        idle sessions on the daemon; the libraries take turns within each
+        run (their order rotates from run to run), so that the machine's
+        other load falls on all of them alike."""
+        a = self.args
+        libs = a.evlib.split(",")
+        counts = [int(n) for n in a.evlib_sessions.split(",")]
+        for n in counts:
+            if n > self.fd_limit - 100:
+                log("holding %d, not %d: descriptor limit %d" % (
+                    self.fd_limit - 100, n, self.fd_limit))
+        counts = [min(n, self.fd_limit - 100) for n in counts]
+        hold = lambda n: ["--sessions", n, "--rate", a.hold_rate, "--hold",
+                          "--duration", a.evlib_duration, "--src-ips", 4,
+                          "--ramp-timeout", 180]
+        idle = ["--sessions", 1000, "--rate", a.hold_rate, "--hold",
+                "--interval", "10s", "--duration", a.idle_duration]
+        for i in range(a.evlib_runs):
+            order = libs[i % len(libs):] + libs[:i % len(libs)]
+            for n in counts:
+                for lib in order:
+                    self.throughput_one("baseline_hold_%s_%d-%d" % (lib, n, i),
+                                        lambda: Baseline(self.work, lib),
+                                        hold(n))
+                    self.throughput_one(
+                        "daemon_hold_%s_%d-%d" % (lib, n, i),
+                        lambda: Daemon(self.work, self.redis,
+                                       {"server.event_lib": lib}), hold(n))
+            for lib in order:
+                self.throughput_one(
+                    "daemon_idle_%s_1000-%d" % (lib, i),
+                    lambda: Daemon(self.work, self.redis,
+                                   {"server.event_lib": lib}), idle)
+
+    def throughput_one(self, name, make_server, extra):
+        server = make_server()
+        try:
+            daemon = server if isinstance(server, Daemon) else None
+            self.load(name, server.url, server.proc.pid, extra, daemon)
+        finally:
+            server.stop()
+
     def wanted(self, group):
         return self.args.only is None or group in self.args.only.split(",")
 
@@ -258,6 +308,9 @@ class Campaign:
         sparse = ["--sessions", 1000, "--rate", 2000, "--interval", "500ms",
                   "--duration", d]
 
+        # Not part of "all": it is its own campaign (about 25 minutes).
+        if a.only is not None and "evlib" in a.only.split(","):
+            self.evlib_campaign()
         if self.wanted("redis"):
             self.redis_benchmark()
         if self.wanted("closed"):
@@ -315,9 +368,60 @@ def role_cpu(row, role):
                if t["role"] == role)
 
 
-def med_role(rows, role):
-    vals = [role_cpu(r, role) for r in rows or []]
+def med_role(rows, *roles):
+    """The median over runs of the CPU of the threads in any of roles
+    ("net": a named network thread; "poll": one found in poll())."""
+    vals = [sum(role_cpu(r, role) for role in roles) for r in rows or []]
     return statistics.median(vals) if vals else float("nan")
+
+
+def evlib_summary(results, args):
+    """One row per server, library and count; then each library's ratio
+    to poll on the same server and count."""
+    lines = []
+    w = lines.append
+    if not any(k.startswith(("baseline_hold_", "daemon_hold_",
+                             "daemon_idle_")) for k in results):
+        return lines
+    w("")
+    w("Event libraries (medians; CPU in % of one core over the window):")
+    w("")
+    w("| server | lib | sessions | n | CPU total | core | net | "
+      "RSS / session B | hb p50 ms | hb p99 ms | errors | ramp s |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+      "| --- |")
+    libs = args["evlib"].split(",")
+    keys = sorted(set(k for k in results if k.startswith(
+        ("baseline_hold_", "daemon_hold_", "daemon_idle_"))),
+        key=lambda k: (k.split("_")[0], k.split("_")[1],
+                       int(k.rsplit("_", 1)[1]),
+                       libs.index(k.split("_")[2])
+                       if k.split("_")[2] in libs else 9))
+    for k in keys:
+        rows = results[k]
+        server, kind, lib, n = k.split("_")
+        daemon = server == "daemon"
+        w("| %s %s | %s | %s | %d | %.1f | %s | %s | %.0f | %.2f | %.2f | "
+          "%.0f | %.1f |" % (
+              server, kind, lib, n, len(rows), med(rows, "daemon_cpu_pct"),
+              "%.1f" % med_role(rows, "epoll") if daemon else "-",
+              "%.1f" % med_role(rows, "net", "poll") if daemon else "-",
+              med(rows, "rss_per_session_bytes"),
+              med(rows, "heartbeat", "p50"), med(rows, "heartbeat", "p99"),
+              med(rows, "errors"), med(rows, "ramp_s")))
+    w("")
+    for k in keys:
+        server, kind, lib, n = k.split("_")
+        base = results.get("%s_%s_poll_%s" % (server, kind, n))
+        if lib == "poll" or not base:
+            continue
+        rows = results[k]
+        w("%s %s %s, %s vs poll: CPU %.2f, p50 %.2f, p99 %.2f" % (
+            server, kind, n, lib,
+            med(rows, "daemon_cpu_pct") / med(base, "daemon_cpu_pct"),
+            med(rows, "heartbeat", "p50") / med(base, "heartbeat", "p50"),
+            med(rows, "heartbeat", "p99") / med(base, "heartbeat", "p99")))
+    return lines
 
 
 def summary(results, perf, info):
@@ -331,9 +435,13 @@ def summary(results, perf, info):
     w("Load average before / after the campaign: %s / %s." % (
         info["load_before"], info["load_after"]))
     w("")
-    w("| run | n | heartbeats/s (median) | p50 ms | p99 ms | p99.9 ms | "
-      "errors | server CPU % (threads) | load gen CPU % |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    groups = ("baseline_closed", "daemon_closed", "baseline_open",
+              "daemon_open", "baseline_sparse", "daemon_sparse",
+              "baseline_hold", "daemon_hold")
+    if any(results.get(g) for g in groups):
+        w("| run | n | heartbeats/s (median) | p50 ms | p99 ms | p99.9 ms | "
+          "errors | server CPU % (threads) | load gen CPU % |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in ("baseline_closed", "daemon_closed", "baseline_open",
                  "daemon_open", "baseline_sparse", "daemon_sparse",
                  "baseline_hold", "daemon_hold"):
@@ -342,7 +450,7 @@ def summary(results, perf, info):
             continue
         if name.startswith("daemon"):
             threads = "core %.0f, net %.0f" % (med_role(rows, "epoll"),
-                                               med_role(rows, "poll"))
+                                               med_role(rows, "net", "poll"))
         else:
             threads = "1 thread"
         w("| %s | %d | %.0f | %.2f | %.2f | %.2f | %.0f | %.0f (%s) | %.0f |"
@@ -369,6 +477,7 @@ def summary(results, perf, info):
                   [r["error_kinds"] for r in rows]))
             for r in rows:
                 w("  redis commandstats: %s" % r.get("redis_cmdstats"))
+    lines.extend(evlib_summary(results, info["args"]))
     rb = results.get("redis_benchmark")
     if rb:
         w("redis-benchmark -P 16: SET %.0f/s, GET %.0f/s (median of %d)" % (
@@ -429,11 +538,22 @@ def main():
     p.add_argument("--tp-duration", type=int, default=15)
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--open-interval-ms", type=int, default=20)
+    p.add_argument("--evlib", default="poll,uv,ev",
+                   help="evlib group: the event libraries compared")
+    p.add_argument("--evlib-sessions", default="2000,19900",
+                   help="evlib group: the counts held (capped by the "
+                        "descriptor limit)")
+    p.add_argument("--evlib-runs", type=int, default=2)
+    p.add_argument("--evlib-duration", type=int, default=30,
+                   help="evlib group: seconds of each window")
+    p.add_argument("--idle-duration", type=int, default=60,
+                   help="evlib group: seconds of each idle window (1%% of "
+                        "a core is 0.6 s of CPU in 60 s)")
     p.add_argument("--out", default=None)
     p.add_argument("--perf", action="store_true")
     p.add_argument("--only", default=None,
                    help="comma-separated groups: redis,closed,open,sparse,"
-                        "hold (default: all)")
+                        "hold,evlib (default: all)")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds of each, to try the script")
     args = p.parse_args()
@@ -458,6 +578,8 @@ def main():
         ["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True,
         text=True).stdout.splitlines()[:8]
     c = Campaign(args)
+    c.fd_limit = fd_limit
+    info["args"] = vars(args)
     started = time.time()
     try:
         c.run()

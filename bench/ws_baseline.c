@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <ev.h>
+#include <uv.h>
 
 #include "proctor.pb-c.h"
 
@@ -139,6 +141,73 @@ static int on_lws(struct lws *wsi, enum lws_callback_reasons reason,
     }
 }
 
+/* The loop this process runs; lws joins it as a foreign loop. */
+enum base_evlib { BASE_POLL, BASE_UV, BASE_EV };
+
+static uv_loop_t uv_loop;
+static uv_timer_t uv_stop_timer;
+static struct ev_loop *ev_loop_p;
+static ev_timer ev_stop_timer;
+
+/* A signal only sets a flag; these notice it within 100 ms. */
+static void on_uv_stop_timer(uv_timer_t *t)
+{
+    if (stopping)
+        uv_stop(t->loop);
+}
+
+static void on_ev_stop_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    if (stopping)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void run_loop(struct lws_context *ctx, enum base_evlib evlib)
+{
+    if (evlib == BASE_UV) {
+        uv_timer_init(&uv_loop, &uv_stop_timer);
+        uv_timer_start(&uv_stop_timer, on_uv_stop_timer, 100, 100);
+        uv_run(&uv_loop, UV_RUN_DEFAULT);
+    } else if (evlib == BASE_EV) {
+        ev_timer_init(&ev_stop_timer, on_ev_stop_timer, 0.1, 0.1);
+        ev_timer_start(ev_loop_p, &ev_stop_timer);
+        ev_run(ev_loop_p, 0);
+    } else {
+        while (!stopping && lws_service(ctx, 0) >= 0)
+            ;
+    }
+}
+
+/* lws closes its libuv handles asynchronously: the loop has to turn
+ * until they are all gone before it can be closed. */
+static void close_loop(enum base_evlib evlib)
+{
+    if (evlib == BASE_UV) {
+        uv_close((uv_handle_t *)&uv_stop_timer, NULL);
+        while (uv_run(&uv_loop, UV_RUN_NOWAIT))
+            ;
+        uv_loop_close(&uv_loop);
+    } else if (evlib == BASE_EV) {
+        ev_timer_stop(ev_loop_p, &ev_stop_timer);
+        ev_loop_destroy(ev_loop_p);
+    }
+}
+
+static int parse_evlib(const char *s, enum base_evlib *out)
+{
+    if (strcmp(s, "poll") == 0)
+        *out = BASE_POLL;
+    else if (strcmp(s, "uv") == 0)
+        *out = BASE_UV;
+    else if (strcmp(s, "ev") == 0)
+        *out = BASE_EV;
+    else
+        return -1;
+    return 0;
+}
+
 static const struct lws_protocols protocols[] = {
     {"proctor.v1", on_lws, sizeof(struct base_conn), BASE_RX_CHUNK, 0, NULL,
      0},
@@ -151,6 +220,8 @@ int main(int argc, char **argv)
     struct lws_context *ctx;
     struct rlimit rl;
     int port = 8775, max_conn = 50000;
+    enum base_evlib evlib = BASE_POLL;
+    void *foreign[1] = {NULL};
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
@@ -158,9 +229,12 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--max-connections") == 0 &&
                    i + 1 < argc) {
             max_conn = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--evlib") == 0 && i + 1 < argc &&
+                   parse_evlib(argv[i + 1], &evlib) == 0) {
+            i++;
         } else {
             fprintf(stderr, "usage: proctord_ws_baseline [--port N] "
-                    "[--max-connections N]\n");
+                    "[--max-connections N] [--evlib poll|uv|ev]\n");
             return 2;
         }
     }
@@ -182,6 +256,16 @@ int main(int argc, char **argv)
     info.count_threads = 1;
     info.fd_limit_per_thread = (unsigned)max_conn + 64;
     info.timeout_secs = 10;
+    if (evlib == BASE_UV) {
+        uv_loop_init(&uv_loop);
+        foreign[0] = &uv_loop;
+        info.options |= LWS_SERVER_OPTION_LIBUV;
+    } else if (evlib == BASE_EV) {
+        ev_loop_p = ev_loop_new(EVFLAG_AUTO);
+        foreign[0] = ev_loop_p;
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+    }
+    info.foreign_loops = evlib == BASE_POLL ? NULL : foreign;
     ctx = lws_create_context(&info);
     if (ctx == NULL) {
         fprintf(stderr, "proctord_ws_baseline: cannot create the context\n");
@@ -189,9 +273,9 @@ int main(int argc, char **argv)
     }
     printf("listening on 127.0.0.1:%d\n", port);
     fflush(stdout);
-    while (!stopping && lws_service(ctx, 0) >= 0)
-        ;
+    run_loop(ctx, evlib);
     lws_context_destroy(ctx);
+    close_loop(evlib);
     printf("connections %llu messages in %llu out %llu bad %llu\n",
            (unsigned long long)connections, (unsigned long long)messages_in,
            (unsigned long long)messages_out,

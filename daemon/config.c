@@ -35,6 +35,7 @@ enum key_type {
     KEY_SHARE,          /* double, "0.4" or "40%" */
     KEY_BOOL,
     KEY_LEVEL,
+    KEY_EVENT_LIB,      /* enum config_event_lib */
     KEY_ROLE,           /* struct config_role, "MIN-MAX" hours */
     KEY_TIMEZONE,
 };
@@ -66,6 +67,7 @@ static const struct key_def key_defs[] = {
     {"server", "ws_listen", KEY_ADDR, F(ws_listen), 0, 0, 0},
     {"server", "http_listen", KEY_ADDR, F(http_listen), 0, 0, 0},
     {"server", "threads", KEY_INT, F(threads), 0, 1024, 0},
+    {"server", "event_lib", KEY_EVENT_LIB, F(event_lib), 0, 0, 0},
     {"server", "hello_timeout", KEY_DURATION, F(hello_timeout_ms), 1,
      INFINITY, 0},
     {"server", "max_frame", KEY_SIZE, F(max_frame), 1024, GIB, 0},
@@ -490,6 +492,21 @@ static int parse_bool(const char *s, int *out)
     return CONFIG_ERR;
 }
 
+static int parse_event_lib(const char *s, int *out)
+{
+    static const char *const names[] = {"poll", "uv", "ev"};
+    static const int libs[] = {CONFIG_EVENT_LIB_POLL, CONFIG_EVENT_LIB_UV,
+                               CONFIG_EVENT_LIB_EV};
+
+    for (size_t i = 0; i < 3; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            *out = libs[i];
+            return CONFIG_OK;
+        }
+    }
+    return CONFIG_ERR;
+}
+
 /* "MIN-MAX" hours, blanks allowed around the dash. */
 static int parse_role(const char *s, struct config_role *out)
 {
@@ -666,6 +683,10 @@ static int set_value(struct config_parse *ctx, const struct key_def *def,
         if (parse_bool(value, (int *)field) != CONFIG_OK)
             return bad_value(ctx, def, "bad boolean", value);
         return CONFIG_OK;
+    case KEY_EVENT_LIB:
+        if (parse_event_lib(value, (int *)field) != CONFIG_OK)
+            return bad_value(ctx, def, "not poll, uv or ev", value);
+        return CONFIG_OK;
     case KEY_LEVEL:
         level = log_level_parse(value);
         if (level < 0)
@@ -810,6 +831,7 @@ void config_defaults(struct config *cfg)
     strcpy(cfg->ws_listen, "127.0.0.1:8765");
     strcpy(cfg->http_listen, "127.0.0.1:8766");
     cfg->threads = online_cores();
+    cfg->event_lib = CONFIG_EVENT_LIB_EV;
     cfg->hello_timeout_ms = 10000;
     cfg->max_frame = 2 * 1048576;
     cfg->msg_rate = 50;

@@ -40,11 +40,19 @@ struct config_policy {
     double idle_share;
 };
 
+/* server.event_lib: the loop under each network thread's lws context. */
+enum config_event_lib {
+    CONFIG_EVENT_LIB_POLL,          /* lws's own poll() loop */
+    CONFIG_EVENT_LIB_UV,            /* libuv, lws's evlib_uv plugin */
+    CONFIG_EVENT_LIB_EV,            /* libev, lws's evlib_ev plugin */
+};
+
 struct config {
     /* [server] */
     char ws_listen[CONFIG_ADDRLEN];
     char http_listen[CONFIG_ADDRLEN];
     int threads;                    /* 0 in the file: number of cores */
+    int event_lib;                  /* enum config_event_lib */
     int64_t hello_timeout_ms;
     size_t max_frame;
     double msg_rate;                /* messages per second, sustained */

@@ -267,6 +267,9 @@ static int start(struct core *core)
     memset(&no, 0, sizeof(no));
     no.listen = core->cfg.ws_listen;
     no.threads = core->cfg.threads;
+    no.event_lib = core->cfg.event_lib == CONFIG_EVENT_LIB_UV ? NET_EVENT_LIB_UV
+                   : core->cfg.event_lib == CONFIG_EVENT_LIB_EV
+                   ? NET_EVENT_LIB_EV : NET_EVENT_LIB_POLL;
     no.max_frame = core->cfg.max_frame;
     no.hello_timeout_ms = core->cfg.hello_timeout_ms;
     no.msg_rate = core->cfg.msg_rate;
@@ -396,8 +399,11 @@ int main(int argc, char **argv)
         return 1;
     }
     log_notice("msg=\"proctord started\" version=%s ws=%s http=%s "
-               "threads=%d redis=%s tls=%s", PROCTORD_VERSION,
+               "threads=%d event_lib=%s redis=%s tls=%s", PROCTORD_VERSION,
                core.cfg.ws_listen, core.cfg.http_listen, core.cfg.threads,
+               core.cfg.event_lib == CONFIG_EVENT_LIB_UV   ? "uv"
+               : core.cfg.event_lib == CONFIG_EVENT_LIB_EV ? "ev"
+                                                           : "poll",
                store_address(core.store), core.tls != NULL ? "on" : "off");
 
     if (event_base_dispatch(core.base) < 0)

@@ -4,11 +4,15 @@
  * sets no SO_REUSEPORT for several contexts, so they cannot share the
  * port themselves). A connection lives and dies on one thread, so its
  * state needs no lock. The only shared things are the queue into the
- * core and each thread's outbound queue, woken by lws_cancel_service(). */
+ * core and each thread's outbound queue, woken by lws_cancel_service().
+ * Under each context runs lws's own poll() loop, or (server.event_lib) a
+ * libuv or libev loop of the thread's own, given to lws as a foreign loop:
+ * lws's internal libuv loop would take SIGTERM and SIGHUP from the core. */
 #include "net.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ev.h>
 #include <libwebsockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -18,9 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -95,6 +101,10 @@ struct net_thread {
     int64_t drain_deadline_us;
     atomic_int stop;
     lws_sorted_usec_list_t tick_sul;
+    uv_loop_t uv_loop;          /* server.event_lib = uv */
+    int uv_ready;
+    struct ev_loop *ev_loop;    /* server.event_lib = ev */
+    void *foreign_loop[1];
 };
 
 struct net {
@@ -535,6 +545,17 @@ static int on_established(struct net_thread *t, struct net_conn *c,
     return 0;
 }
 
+/* Ends the thread's loop; on the thread only. uv_stop() and ev_break()
+ * take effect once the callback under way returns. */
+static void thread_stop(struct net_thread *t)
+{
+    atomic_store(&t->stop, 1);
+    if (t->net->opt.event_lib == NET_EVENT_LIB_UV)
+        uv_stop(&t->uv_loop);
+    else if (t->net->opt.event_lib == NET_EVENT_LIB_EV)
+        ev_break(t->ev_loop, EVBREAK_ALL);
+}
+
 static void on_closed(struct net_thread *t, struct net_conn *c)
 {
     if (c->id == 0)
@@ -550,7 +571,7 @@ static void on_closed(struct net_thread *t, struct net_conn *c)
     t->open--;
     metrics_sub(connections_open, 1);
     if (t->draining && t->open == 0)
-        atomic_store(&t->stop, 1);
+        thread_stop(t);
 }
 
 static int uri_allowed(struct lws *wsi)
@@ -575,7 +596,7 @@ static void start_drain(struct net_thread *t)
             conn_close(t->slots[i], 1001, "server shutting down");
     }
     if (t->open == 0)
-        atomic_store(&t->stop, 1);
+        thread_stop(t);
 }
 
 static const char *close_text(int code)
@@ -646,6 +667,11 @@ static void on_wakeup(struct net_thread *t)
     struct net_out batch[NET_POP_BATCH];
     size_t n;
 
+    /* net_shutdown() stopping us hard from the core thread. */
+    if (atomic_load(&t->stop)) {
+        thread_stop(t);
+        return;
+    }
     flush_closed_backlog(t);
     while ((n = queue_pop_many(&t->outq, batch, NET_POP_BATCH)) > 0) {
         for (size_t i = 0; i < n; i++) {
@@ -665,9 +691,10 @@ static void on_tick(lws_sorted_usec_list_t *sul)
                                             tick_sul);
 
     flush_closed_backlog(t);
-    if (t->draining && (t->open == 0 ||
-                        lws_now_usecs() > t->drain_deadline_us))
-        atomic_store(&t->stop, 1);
+    if (atomic_load(&t->stop) ||
+        (t->draining && (t->open == 0 ||
+                         lws_now_usecs() > t->drain_deadline_us)))
+        thread_stop(t);
     lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick, NET_TICK_US);
 }
 
@@ -721,17 +748,97 @@ static const struct lws_protocols net_protocols[] = {
  * Threads and contexts
  * ------------------------------------------------------------------ */
 
+/* lws's poll() loop returns after every wait; a foreign loop runs until
+ * thread_stop() breaks it (lws's event pipe keeps it from running dry). */
+static void run_loop(struct net_thread *t)
+{
+    while (!atomic_load(&t->stop)) {
+        if (t->net->opt.event_lib == NET_EVENT_LIB_UV)
+            uv_run(&t->uv_loop, UV_RUN_DEFAULT);
+        else if (t->net->opt.event_lib == NET_EVENT_LIB_EV)
+            ev_run(t->ev_loop, 0);
+        else if (lws_service(t->ctx, 0) < 0)
+            break;
+    }
+}
+
 static void *thread_main(void *arg)
 {
     struct net_thread *t = arg;
+    char name[16];
 
+    /* Named so that a profile (and bench/load.c) tells them apart from
+     * the core, which waits in epoll too under libuv and libev. */
+    snprintf(name, sizeof(name), "proctord-net%d", t->index % 100);
+    pthread_setname_np(pthread_self(), name);
     lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick, NET_TICK_US);
-    while (!atomic_load(&t->stop)) {
-        if (lws_service(t->ctx, 0) < 0)
-            break;
-    }
+    run_loop(t);
     lws_sul_cancel(&t->tick_sul);
     return NULL;
+}
+
+static const char *event_lib_name(int lib)
+{
+    return lib == NET_EVENT_LIB_UV ? "uv"
+           : lib == NET_EVENT_LIB_EV ? "ev" : "poll";
+}
+
+/* Creates the thread's own loop for a foreign-loop event library and
+ * says so in info; nothing for poll. */
+static int loop_init(struct net_thread *t,
+                     struct lws_context_creation_info *info, char *err,
+                     size_t errlen)
+{
+    switch (t->net->opt.event_lib) {
+    case NET_EVENT_LIB_UV:
+        if (uv_loop_init(&t->uv_loop) != 0)
+            goto fail;
+        t->uv_ready = 1;
+        t->foreign_loop[0] = &t->uv_loop;
+        info->options |= LWS_SERVER_OPTION_LIBUV;
+        break;
+    case NET_EVENT_LIB_EV:
+        t->ev_loop = ev_loop_new(EVFLAG_AUTO);
+        if (t->ev_loop == NULL)
+            goto fail;
+        t->foreign_loop[0] = t->ev_loop;
+        info->options |= LWS_SERVER_OPTION_LIBEV;
+        break;
+    default:
+        return NET_OK;
+    }
+    info->foreign_loops = t->foreign_loop;
+    return NET_OK;
+
+fail:
+    snprintf(err, errlen, "server.event_lib = %s: cannot create the loop",
+             event_lib_name(t->net->opt.event_lib));
+    return NET_ERR;
+}
+
+/* After lws_context_destroy(), on a thread no longer running the loop.
+ * lws closes its libuv handles asynchronously, so the loop turns until
+ * they are gone; a bounded number of turns, then it says what is left. */
+static void loop_free(struct net_thread *t)
+{
+    if (t->uv_ready) {
+        for (int i = 0; i < 1000 && uv_run(&t->uv_loop, UV_RUN_NOWAIT); i++)
+            ;
+        /* With a foreign libuv loop the first lws_context_destroy() only
+         * starts the closes; once the loop has run them, a second call
+         * frees the context (lws 4.1's three-stage destroy). */
+        if (t->ctx != NULL)
+            lws_context_destroy(t->ctx);
+        t->ctx = NULL;
+        if (uv_loop_close(&t->uv_loop) != 0)
+            log_warning("msg=\"libuv loop left with open handles\" "
+                        "thread=%d", t->index);
+        t->uv_ready = 0;
+    }
+    if (t->ev_loop != NULL) {
+        ev_loop_destroy(t->ev_loop);
+        t->ev_loop = NULL;
+    }
 }
 
 static void on_lws_log(int level, const char *line)
@@ -775,6 +882,31 @@ bad:
     return NET_ERR;
 }
 
+/* lws 4.1 finds the connection of a ready descriptor by indexing a table
+ * with it, unless fd_limit_per_thread x threads is below the process's
+ * descriptor limit: then by a linear search of that table, on every
+ * event. At 10,000 connections a thread that search was over half of the
+ * daemon's CPU (bench/README.md), so each context gets a table as large as
+ * the limit. The tables are calloc'd: only the pages of descriptors in use
+ * are touched. Past NET_FD_TABLE_MAX the search comes back, said once. */
+#define NET_FD_TABLE_MAX (1u << 20)
+
+static unsigned fd_table_size(unsigned need)
+{
+    static atomic_int warned;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur <= need)
+        return need;
+    if (rl.rlim_cur <= NET_FD_TABLE_MAX)
+        return (unsigned)rl.rlim_cur;
+    if (!atomic_exchange(&warned, 1))
+        log_warning("msg=\"descriptor limit above what lws can index; its "
+                    "lookups are linear\" limit=%llu max=%u",
+                    (unsigned long long)rl.rlim_cur, NET_FD_TABLE_MAX);
+    return need;
+}
+
 static int thread_init(struct net *net, struct net_thread *t, int index,
                        uint32_t nslots, char *err, size_t errlen)
 {
@@ -804,7 +936,7 @@ static int thread_init(struct net *net, struct net_thread *t, int index,
     info.gid = (gid_t)-1;
     info.uid = (uid_t)-1;
     info.count_threads = 1;
-    info.fd_limit_per_thread = nslots + 64;
+    info.fd_limit_per_thread = fd_table_size(nslots + 64);
     info.timeout_secs = 10;
     /* Each context loads the pair itself: lws 4.1 takes no server SSL_CTX
      * from outside. A plain-text client on this port fails the handshake
@@ -814,7 +946,17 @@ static int thread_init(struct net *net, struct net_thread *t, int index,
         info.ssl_cert_filepath = net->opt.tls_cert;
         info.ssl_private_key_filepath = net->opt.tls_key;
     }
+    if (loop_init(t, &info, err, errlen) != NET_OK)
+        return NET_ERR;
     t->ctx = lws_create_context(&info);
+    if (t->ctx == NULL && t->net->opt.event_lib != NET_EVENT_LIB_POLL) {
+        /* What fails here in practice is loading the plugin. */
+        snprintf(err, errlen, "server.event_lib = %s: libwebsockets cannot "
+                 "start its event library (is libwebsockets-evlib-%s "
+                 "installed?)", event_lib_name(t->net->opt.event_lib),
+                 event_lib_name(t->net->opt.event_lib));
+        return NET_ERR;
+    }
     if (t->ctx == NULL) {
         snprintf(err, errlen, "net: cannot create a libwebsockets context");
         return NET_ERR;
@@ -911,6 +1053,10 @@ struct net *net_new(const struct net_options *opt, char *err, size_t errlen)
         goto fail;
 
     lws_set_log_level(LLL_ERR | LLL_WARN, on_lws_log);
+    if (opt->event_lib == NET_EVENT_LIB_UV)
+        log_warning("msg=\"server.event_lib = uv: lws 4.1 shuts the socket "
+                    "without the close frame after an Error; clients see no "
+                    "close code\"");
     net->threads = calloc((size_t)net->nthreads, sizeof(*net->threads));
     if (net->threads == NULL)
         goto fail;
@@ -1022,6 +1168,9 @@ void net_free(struct net *net)
 
         if (t->ctx != NULL)
             lws_context_destroy(t->ctx);
+        if (!t->uv_ready)
+            t->ctx = NULL;
+        loop_free(t);
         if (t->outq.items != NULL) {
             while ((n = queue_pop_many(&t->outq, batch, NET_POP_BATCH)))
                 for (size_t k = 0; k < n; k++)

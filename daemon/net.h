@@ -34,9 +34,18 @@ struct net_event {
 
 typedef void (*net_wake_cb)(void *arg);
 
+/* The loop under each thread's context. uv and ev are loops of ours,
+ * handed to lws as foreign loops through its event-library plugins. */
+enum net_event_lib {
+    NET_EVENT_LIB_POLL,
+    NET_EVENT_LIB_UV,
+    NET_EVENT_LIB_EV,
+};
+
 struct net_options {
     const char *listen;         /* "address:port" */
     int threads;
+    int event_lib;              /* enum net_event_lib */
     size_t max_frame;
     int64_t hello_timeout_ms;
     double msg_rate;

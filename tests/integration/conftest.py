@@ -208,6 +208,13 @@ class Redis:
         return "127.0.0.1:%d" % self.port
 
 
+def _event_lib_override():
+    """PROCTORD_EVENT_LIB=poll|uv|ev runs every test on that
+    server.event_lib instead of the daemon's default."""
+    lib = os.environ.get("PROCTORD_EVENT_LIB")
+    return {"event_lib": lib} if lib else {}
+
+
 class Daemon:
     """The real proctord on free ports, with a config written for it."""
 
@@ -228,6 +235,7 @@ class Daemon:
             "vision": {"models_dir": os.path.join(SHARED, "models"),
                        "workers": "2"},
         }
+        sections["server"].update(_event_lib_override())
         for key, value in (overrides or {}).items():
             section, name = key.split(".", 1)
             if value is None:

@@ -81,6 +81,7 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.ws_listen, "127.0.0.1:8765");
     assert_string_equal(cfg.http_listen, "127.0.0.1:8766");
     assert_int_equal(cfg.threads, cores);
+    assert_int_equal(cfg.event_lib, CONFIG_EVENT_LIB_EV);
     assert_int_equal(cfg.hello_timeout_ms, 10000);
     assert_int_equal(cfg.max_frame, 2 * 1024 * 1024);
     assert_true(cfg.msg_rate == 50);
@@ -357,6 +358,10 @@ static void test_bad_values(void **state)
                  "server.msg_rate: bad number \"fast\" (line 4)");
     expect_error("[server]\nws_listen = localhost\n",
                  "server.ws_listen: bad address \"localhost\" (line 4)");
+    expect_error("[server]\nevent_lib = epoll\n",
+                 "server.event_lib: not poll, uv or ev \"epoll\" (line 4)");
+    expect_error("[server]\nevent_lib = UV\n",
+                 "server.event_lib: not poll, uv or ev \"UV\" (line 4)");
     expect_error("[redis]\ncluster = maybe\n",
                  "redis.cluster: bad boolean \"maybe\" (line 4)");
     expect_error("[log]\nlevel = loud\n",
@@ -466,6 +471,13 @@ static void test_other_forms(void **state)
         expect_ok(text, &cfg);
         assert_int_equal(cfg.redis_cluster, 0);
     }
+
+    expect_ok("[server]\nevent_lib = poll\n", &cfg);
+    assert_int_equal(cfg.event_lib, CONFIG_EVENT_LIB_POLL);
+    expect_ok("[server]\nevent_lib = uv\n", &cfg);
+    assert_int_equal(cfg.event_lib, CONFIG_EVENT_LIB_UV);
+    expect_ok("[server]\nevent_lib = ev\n", &cfg);
+    assert_int_equal(cfg.event_lib, CONFIG_EVENT_LIB_EV);
 
     expect_ok("[requirements]\nmanager = 10 - 40.5\nonline_share = 40%\n"
               "[policy]\nliveness_share = 25%\nmatch_threshold = 0.42\n"
