@@ -29,8 +29,8 @@
 #include "proctor.pb-c.h"
 #include "session-internal.h"
 #include "vision_pool.h"
+#include "fuzz_token.h"
 
-#define FUZZ_SECRET "fuzz-secret-0123456789abcdef"
 #define FUZZ_NOW_MS 1760000000000LL
 #define FRAMES_MAX 64
 
@@ -47,34 +47,9 @@ int64_t core_now_ms(void)
     return FUZZ_NOW_MS;
 }
 
-static size_t b64url(const uint8_t *in, size_t len, char *out)
-{
-    static const char abc[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        acc = (acc << 8) | in[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            out[n++] = abc[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0)
-        out[n++] = abc[(acc << (6 - bits)) & 63];
-    return n;
-}
-
 static void setup(void)
 {
-    static const char hdr[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
     char pay[256];
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    size_t n;
 
     config_defaults(&cfg);
     auth_keys_init(&keys, FUZZ_SECRET, 30);
@@ -82,14 +57,7 @@ static void setup(void)
              "{\"sub\":\"l1\",\"course\":\"c1\",\"org\":\"o1\","
              "\"role\":\"manager\",\"exp\":%lld,\"iat\":%lld}",
              FUZZ_NOW_MS / 1000 + 3600, FUZZ_NOW_MS / 1000);
-    n = b64url((const uint8_t *)hdr, strlen(hdr), valid_token);
-    valid_token[n++] = '.';
-    n += b64url((const uint8_t *)pay, strlen(pay), valid_token + n);
-    HMAC(EVP_sha256(), FUZZ_SECRET, (int)strlen(FUZZ_SECRET),
-         (const unsigned char *)valid_token, n, mac, &maclen);
-    valid_token[n++] = '.';
-    n += b64url(mac, maclen, valid_token + n);
-    valid_token[n] = '\0';
+    fuzz_sign(valid_token, pay);
 }
 
 /* One connection's state, as net.c keeps it. */

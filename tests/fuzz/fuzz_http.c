@@ -38,8 +38,8 @@
 #include "http.h"
 #include "log.h"
 #include "store.h"
+#include "fuzz_token.h"
 
-#define FUZZ_SECRET "fuzz-secret-0123456789abcdef"
 #define FUZZ_NOW_MS 1760000000000LL
 #define LINE_MAX_FUZZ 4096
 
@@ -57,45 +57,13 @@ static struct http *http;
 static int port;
 static char tokens[5][512];
 
-static size_t b64url(const uint8_t *in, size_t len, char *out)
-{
-    static const char abc[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        acc = (acc << 8) | in[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            out[n++] = abc[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0)
-        out[n++] = abc[(acc << (6 - bits)) & 63];
-    return n;
-}
-
 static void sign(char *out, const char *claims, long long exp)
 {
-    static const char hdr[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
     char pay[384];
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    size_t n;
 
     snprintf(pay, sizeof(pay), "{%s,\"exp\":%lld,\"iat\":%lld}", claims, exp,
              FUZZ_NOW_MS / 1000);
-    n = b64url((const uint8_t *)hdr, strlen(hdr), out);
-    out[n++] = '.';
-    n += b64url((const uint8_t *)pay, strlen(pay), out + n);
-    HMAC(EVP_sha256(), FUZZ_SECRET, (int)strlen(FUZZ_SECRET),
-         (const unsigned char *)out, n, mac, &maclen);
-    out[n++] = '.';
-    n += b64url(mac, maclen, out + n);
-    out[n] = '\0';
+    fuzz_sign(out, pay);
 }
 
 static int free_port(void)

@@ -18,32 +18,11 @@
 #include <string.h>
 
 #include "auth.h"
+#include "fuzz_token.h"
 
-#define FUZZ_SECRET "fuzz-secret-0123456789abcdef"
 #define FUZZ_NOW 1760000000
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static size_t b64url(const uint8_t *in, size_t len, char *out)
-{
-    static const char abc[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        acc = (acc << 8) | in[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            out[n++] = abc[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0)
-        out[n++] = abc[(acc << (6 - bits)) & 63];
-    return n;
-}
 
 static void verify(const struct auth_keys *keys, const char *token)
 {
