@@ -561,4 +561,5 @@ void challenge_on_snapshot(struct core *core, struct session *s,
     if (cid != 0)
         s->challenge_id = 0;
     s->analysing = 1;
+    s->analysing_id = cid;
 }

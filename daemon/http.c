@@ -351,8 +351,10 @@ static struct bufferevent *on_new_tls_conn(struct event_base *base,
     SSL *ssl = SSL_new(h->core->tls);
     struct bufferevent *bev;
 
-    /* TODO: when SSL_new fails (out of memory) evhttp falls back to a
-     * plain bufferevent, so that one connection is served without TLS. */
+    /* Limit: when SSL_new fails (out of memory), returning NULL makes
+     * libevent 2.1 fall back to a plain bufferevent, so that one
+     * connection is served without TLS; evhttp has no way to refuse it
+     * here. The warning below makes it visible. */
     if (ssl == NULL) {
         log_warning("msg=\"https connection without TLS state\" "
                     "error=\"SSL_new failed\"");

@@ -769,8 +769,10 @@ static void on_session_events(struct store *st, redisReply *r, void *arg)
     json_object_set_new(s->body, "credited_seconds",
                         json_integer(credited_ms / 1000));
     json_object_set_new(s->body, "events", events);
-    /* TODO: a session past SESSION_EVENTS_MAX stream entries is cut
-     * short; the reply says so in "truncated" but has no cursor. */
+    /* Limit: a session past SESSION_EVENTS_MAX stream entries is cut
+     * short; the reply says so in "truncated", and the whole record is
+     * read page by page from /v1/learners/{id}/events, which has a
+     * cursor. */
     json_object_set_new(s->body, "truncated",
                         json_boolean(r->elements >= SESSION_EVENTS_MAX));
     http_call_reply(&s->call, 200, s->body);

@@ -48,6 +48,10 @@ struct session {
     /* Decided commits waiting in the commit buffer for Redis. */
     int64_t pending_ms;
 
+    /* The challenge whose snapshot is being analysed (0: unsolicited),
+     * so that an erasure meanwhile can still answer it. */
+    uint64_t analysing_id;
+
     unsigned welcomed : 1;
     /* Statuses owed for heartbeats that came before the Welcome. */
     uint8_t status_pending;

@@ -519,11 +519,12 @@ void session_erased(struct core *core, const char *learner)
 
     /* A check being analysed would compare against the embedding just
      * freed: a new serial makes its reply (and any other reply in
-     * flight for the session) find no session, and a new challenge
-     * follows at once, answered NOT_ENROLLED like the next ones.
-     * TODO: the snapshot being analysed gets no Verdict; its challenge
-     * id is not kept where this could answer it. */
+     * flight for the session) find no session, the snapshot is answered
+     * NOT_ENROLLED now, and a new challenge follows at once, answered
+     * NOT_ENROLLED like the next ones. */
     if (s->analysing) {
+        session_send_verdict(core, s, s->analysing_id,
+                             PROCTOR__V1__OUTCOME__NOT_ENROLLED, 0, 0);
         s->serial = ++t->next_serial;
         s->analysing = 0;
         s->challenge_id = 0;

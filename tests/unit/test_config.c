@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,15 @@
 
 #include "config.h"
 #include "log.h"
+
+/* name under $TMPDIR (or /tmp), for mkstemp(). */
+static char *temp_path(char *path, size_t len, const char *name)
+{
+    const char *dir = getenv("TMPDIR");
+
+    snprintf(path, len, "%s/%s", dir != NULL && *dir ? dir : "/tmp", name);
+    return path;
+}
 
 #define SECRET_LINES "[auth]\njwt_secret = 0123456789abcdef-test\n"
 
@@ -618,10 +628,10 @@ static void test_missing_file(void **state)
 
 static void test_policy_reload(void **state)
 {
-    char path[] = "/tmp/test_config_XXXXXX";
+    char path[PATH_MAX];
     struct config_policy p, before;
     char err[CONFIG_ERRLEN];
-    int fd = mkstemp(path);
+    int fd = mkstemp(temp_path(path, sizeof(path), "test_config_XXXXXX"));
 
     (void)state;
     assert_true(fd >= 0);
@@ -695,10 +705,10 @@ static void test_policy_diff(void **state)
  * are a certificate and its key is tls.c's check (test_tls.py). */
 static void test_tls_pair(void **state)
 {
-    char path[] = "/tmp/proctord-tls-XXXXXX", text[512];
+    char path[256], text[1024];
     char err[CONFIG_ERRLEN];
     struct config cfg;
-    int fd = mkstemp(path);
+    int fd = mkstemp(temp_path(path, sizeof(path), "proctord-tls-XXXXXX"));
 
     (void)state;
     assert_true(fd >= 0);

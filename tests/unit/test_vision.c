@@ -135,10 +135,13 @@ static long max_rss_kb(void)
     return ru.ru_maxrss;
 }
 
-/* A scratch directory under /tmp, removed by rm_tree(). */
+/* A scratch directory under $TMPDIR (or /tmp), removed by rm_tree(). */
 static void make_tmpdir(char *dir, size_t len)
 {
-    snprintf(dir, len, "/tmp/test_vision.XXXXXX");
+    const char *tmp = getenv("TMPDIR");
+
+    snprintf(dir, len, "%s/test_vision.XXXXXX",
+             tmp != NULL && *tmp ? tmp : "/tmp");
     assert_non_null(mkdtemp(dir));
 }
 
