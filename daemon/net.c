@@ -37,7 +37,10 @@
 #define NET_OUT_MAX 256
 #define NET_OUTQ_CAPACITY 65536
 #define NET_POP_BATCH 64
+/* The tick wakes every network thread, so it is slow unless something
+ * waits on it: a drain to finish, or closes the core queue refused. */
 #define NET_TICK_US 100000
+#define NET_IDLE_TICK_US 1000000
 #define NET_ID_THREAD_SHIFT 56
 #define NET_ID_SLOT_SHIFT 32
 #define NET_ID_SLOT_MASK 0xffffffu
@@ -46,6 +49,8 @@
  * adopt the accepted socket whose descriptor is in len. */
 #define NET_DRAIN_CODE -1
 #define NET_ADOPT_CODE -2
+
+static void on_tick(lws_sorted_usec_list_t *sul);
 
 struct out_frame {
     struct out_frame *next;
@@ -323,6 +328,7 @@ static void post_closed(struct net_thread *t, uint64_t id)
          * every slot of the thread. */
         t->closed_backlog[t->nclosed++] = id;
         metrics_add(queue_refused, 1);
+        lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick, NET_TICK_US);
         return;
     }
     if (was_empty)
@@ -591,6 +597,7 @@ static void start_drain(struct net_thread *t)
 {
     t->draining = 1;
     t->drain_deadline_us = lws_now_usecs() + 2000000;
+    lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick, NET_TICK_US);
     for (uint32_t i = 0; i < t->nslots; i++) {
         if (t->slots[i] != NULL)
             conn_close(t->slots[i], 1001, "server shutting down");
@@ -611,6 +618,25 @@ static const char *close_text(int code)
     default:
         return "closed by server";
     }
+}
+
+/* A reply for a connection with nothing queued goes out at once: asking
+ * lws for a writable callback costs two epoll_ctl calls and a loop turn
+ * per reply, most of a sparse heartbeat's cost in the network thread.
+ * lws keeps what the socket does not take and sends it first, so order
+ * holds; replies behind it, and closes, take the writable callback. */
+static void send_now(struct net_conn *c, struct out_frame *f)
+{
+    int n = lws_write(c->wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
+
+    if (n < (int)f->len) {
+        c->closing = 1;
+        c->close_reason = "write failed";
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    } else {
+        metrics_add(messages_out, 1);
+    }
+    free(f);
 }
 
 static void deliver(struct net_thread *t, struct net_out *o)
@@ -637,6 +663,11 @@ static void deliver(struct net_thread *t, struct net_out *o)
     f = frame_of(o->payload);
     f->len = o->len;
     f->close_code = o->close_code;
+    if (o->close_code == 0 && o->len > 0 && c->out_head == NULL &&
+        !lws_partial_buffered(c->wsi)) {
+        send_now(c, f);
+        return;
+    }
     if (o->close_code != 0) {
         c->closing = 1;
         c->close_reason = "closed by server";
@@ -695,7 +726,9 @@ static void on_tick(lws_sorted_usec_list_t *sul)
         (t->draining && (t->open == 0 ||
                          lws_now_usecs() > t->drain_deadline_us)))
         thread_stop(t);
-    lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick, NET_TICK_US);
+    lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick,
+                     t->draining || t->nclosed > 0 ? NET_TICK_US
+                                                    : NET_IDLE_TICK_US);
 }
 
 static int on_lws(struct lws *wsi, enum lws_callback_reasons reason,
@@ -771,7 +804,7 @@ static void *thread_main(void *arg)
      * the core, which waits in epoll too under libuv and libev. */
     snprintf(name, sizeof(name), "proctord-net%d", t->index % 100);
     pthread_setname_np(pthread_self(), name);
-    lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick, NET_TICK_US);
+    lws_sul_schedule(t->ctx, 0, &t->tick_sul, on_tick, NET_IDLE_TICK_US);
     run_loop(t);
     lws_sul_cancel(&t->tick_sul);
     return NULL;
