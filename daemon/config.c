@@ -105,6 +105,7 @@ static const struct key_def key_defs[] = {
      1},
     {"vision", "max_pixels", KEY_INT64, F(max_pixels), 1, 1e9, 0},
     {"vision", "queue", KEY_INT, F(vision_queue), 1, 1e6, 0},
+    {"vision", "nice", KEY_INT, F(vision_nice), 0, 19, 0},
     /* The quality gate: face width in pixels, grey levels 0-255, the
      * Laplacian's variance, BRISQUE's 0 (best) to 100. */
     {"vision", "min_face_px", KEY_DOUBLE, F(min_face_px), 0, 16384, 0},
@@ -857,6 +858,7 @@ void config_defaults(struct config *cfg)
     cfg->second_face_ratio = 0.25;
     cfg->max_pixels = 16000000;
     cfg->vision_queue = 64;
+    cfg->vision_nice = 10;
     cfg->min_face_px = VISION_DEFAULT_MIN_FACE_PX;
     cfg->min_brightness = VISION_DEFAULT_MIN_BRIGHTNESS;
     cfg->min_contrast = VISION_DEFAULT_MIN_CONTRAST;

@@ -87,6 +87,7 @@ struct config {
     double second_face_ratio;
     int64_t max_pixels;
     int vision_queue;
+    int vision_nice;                /* added to the workers' nice value */
     /* The quality gate before any face verdict; 0 turns a check off. */
     double min_face_px;
     double min_brightness;

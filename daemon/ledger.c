@@ -338,26 +338,31 @@ static const char ROSTER_LUA[] =
     "return redis.call('ZRANGE', KEYS[2], ARGV[1], '+', 'BYLEX', 'LIMIT',\n"
     "                  0, ARGV[2])\n";
 
-/* KEYS: resume keys of live sessions.
- * ARGV: resume_window ms, then each key's course.
- * One call keeps a batch of sessions resumable, so the refresh costs a
- * round trip per batch rather than one per session. */
+/* KEYS: per live session, the learner's lease then the session's resume
+ * key.
+ * ARGV: lease ttl ms, resume ttl ms ("0": no resume keys), then per
+ * session its lease holder ("<daemon id> <session id>") and its course.
+ * Returns per session the lease's holder after the call: its own when
+ * the lease was its own (or nobody's, after an expiry) and is extended,
+ * else the other holder, whose lease is left alone. One call keeps a
+ * batch of sessions leased and resumable, so keeping sessions alive
+ * costs a round trip per batch rather than two per session. */
 static const char REFRESH_LUA[] =
-    "for i, k in ipairs(KEYS) do\n"
-    "  redis.call('SET', k, ARGV[i + 1], 'PX', ARGV[1])\n"
+    "local holders = {}\n"
+    "for i = 1, #KEYS / 2 do\n"
+    "  local holder = ARGV[2 * i + 1]\n"
+    "  local v = redis.call('GET', KEYS[2 * i - 1])\n"
+    "  if v and v ~= holder then\n"
+    "    holders[i] = v\n"
+    "  else\n"
+    "    redis.call('SET', KEYS[2 * i - 1], holder, 'PX', ARGV[1])\n"
+    "    holders[i] = holder\n"
+    "  end\n"
+    "  if ARGV[2] ~= '0' then\n"
+    "    redis.call('SET', KEYS[2 * i], ARGV[2 * i + 2], 'PX', ARGV[2])\n"
+    "  end\n"
     "end\n"
-    "return #KEYS\n";
-
-/* KEYS: the learner's lease.
- * ARGV: holder ("<daemon id> <session id>"), ttl ms.
- * Returns the holder after the call: ARGV[1] when the lease was this
- * holder's (or nobody's, after an expiry) and is extended, else the
- * other holder, whose lease is left alone. */
-static const char LEASE_LUA[] =
-    "local v = redis.call('GET', KEYS[1])\n"
-    "if v and v ~= ARGV[1] then return v end\n"
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
-    "return ARGV[1]\n";
+    "return holders\n";
 
 static int handles[LEDGER_SCRIPTS];
 
@@ -366,7 +371,7 @@ int ledger_init(struct store *st)
     static const char *const sources[LEDGER_SCRIPTS] = {
         HELLO_LUA,   COMMIT_LUA, FLAG_LUA,  REVIEW_LUA, ENROL_LUA,
         VERDICT_LUA, EVIDENCE_LUA, EXAM_LUA, ERASE_LUA, ROSTER_LUA,
-        REFRESH_LUA, LEASE_LUA,
+        REFRESH_LUA,
     };
 
     for (int i = 0; i < LEDGER_SCRIPTS; i++) {

@@ -99,12 +99,11 @@ enum ledger_script {
     LEDGER_ERASE,
     LEDGER_ROSTER,
     LEDGER_REFRESH,
-    LEDGER_LEASE,
     LEDGER_SCRIPTS
 };
 
-/* Resume keys refreshed by one LEDGER_REFRESH call at most. */
-#define LEDGER_REFRESH_BATCH 30
+/* Sessions kept alive by one LEDGER_REFRESH call at most. */
+#define LEDGER_REFRESH_BATCH 64
 
 /* Registers the scripts with the store (once, at start-up). */
 int ledger_init(struct store *st);

@@ -23,8 +23,7 @@ struct session {
     int64_t started_ms;
     int64_t last_seen_ms;
     int64_t last_active_ms;     /* last heartbeat that accrued */
-    int64_t resume_touched_ms;
-    int64_t lease_touched_ms;   /* learner's lease taken or extended */
+    int64_t alive_ms;           /* lease and resume key last written */
 
     struct policy_session pol;
     int64_t credited_ms;        /* the course's committed total */

@@ -57,6 +57,7 @@ struct session_table {
     int32_t offset_s;           /* policy.timezone's offset, cached */
     int64_t offset_until_ms;
     char daemon_id[33];         /* names this process in learner leases */
+    int64_t refreshed_ms;       /* the last keep-alive round */
 };
 
 /* Names a session across an asynchronous Redis call: the session may
@@ -809,55 +810,11 @@ static void lease_take(struct core *core, struct session *s)
     snprintf(l->learner, sizeof(l->learner), "%s", s->claims.sub);
     snprintf(l->sid, sizeof(l->sid), "%s", s->id);
     lease_holder(core, s, holder, sizeof(holder));
-    s->lease_touched_ms = core_now_ms();
+    s->alive_ms = core_now_ms();
     if (store_command(core->store, on_lease_taken, l,
                       "SET pd:{%s}:lease %s PX %lld GET", s->claims.sub,
                       holder, (long long)lease_ttl_ms(core)) != STORE_OK)
         free(l);
-}
-
-static void on_lease_refreshed(struct store *st, redisReply *r, void *arg)
-{
-    struct session_ref *ref = arg;
-    struct session *s = session_find(ref->core, ref->conn, ref->serial);
-    char holder[80], daemon[33], sid[33];
-
-    (void)st;
-    if (s != NULL && r != NULL && r->type == REDIS_REPLY_STRING) {
-        lease_holder(ref->core, s, holder, sizeof(holder));
-        /* Another holder: the take-over message never came (the
-         * subscriber was down), so the lease says it. */
-        if (strcmp(r->str, holder) != 0 &&
-            sscanf(r->str, "%32s %32s", daemon, sid) == 2)
-            let_go(ref->core, s, strcmp(sid, s->id) == 0, "lease");
-    }
-    free(ref);
-}
-
-/* Extends the lease of a live session every heartbeat_grace. */
-static void lease_refresh(struct core *core, struct session *s, int64_t now)
-{
-    struct session_ref *ref;
-    char key[320], holder[80], ttl[24];
-    const char *argv[3];
-
-    if (now - s->lease_touched_ms < core->cfg.policy.heartbeat_grace_ms ||
-        !store_is_up(core->store) ||
-        ledger_key(key, sizeof(key), s->claims.sub, "lease") != LEDGER_OK ||
-        (ref = malloc(sizeof(*ref))) == NULL)
-        return;
-    s->lease_touched_ms = now;
-    ref->core = core;
-    ref->conn = s->conn;
-    ref->serial = s->serial;
-    lease_holder(core, s, holder, sizeof(holder));
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)lease_ttl_ms(core));
-    argv[0] = key;
-    argv[1] = holder;
-    argv[2] = ttl;
-    if (ledger_run(core->store, LEDGER_LEASE, on_lease_refreshed, ref, 1, 3,
-                   argv, NULL) != LEDGER_OK)
-        free(ref);
 }
 
 static void start_hello(struct core *core, struct session *s,
@@ -943,7 +900,6 @@ static void on_hello(struct core *core, struct net_event *ev)
     s->ack_seq = ev->msg->seq;
     s->started_ms = ev->received_ms;
     s->last_seen_ms = ev->received_ms;
-    s->resume_touched_ms = ev->received_ms;
     s->exam = strcmp(s->claims.mode, "exam") == 0;
     ledger_random_id(s->id);
     policy_session_init(&s->pol, ev->received_ms, s->exam);
@@ -1095,56 +1051,125 @@ static void update_suspension(struct core *core, struct session *s,
     }
 }
 
-/* Keeps live sessions resumable (after a crash too): each resume key is
- * rewritten at a quarter of its window, a batch of them per round trip. */
+/* Keeps live sessions leased and resumable (after a crash too), a batch
+ * of them per round trip: every heartbeat_grace, or a quarter of the
+ * resume window when that is shorter, each session's lease is extended
+ * and its resume key rewritten. The sessions come due one by one, so
+ * they are gathered in rounds a sixth of that apart, which fills the
+ * batches at a few hundred learners already; being up to a sixth late
+ * is well inside both keys' lifetimes (three periods, four). */
 struct refresh_batch {
-    char keys[LEDGER_REFRESH_BATCH][320];
+    char keys[2 * LEDGER_REFRESH_BATCH][320];
+    char holders[LEDGER_REFRESH_BATCH][80];
     const char *courses[LEDGER_REFRESH_BATCH];
-    char ttl[24];
+    struct { uint64_t conn, serial; } refs[LEDGER_REFRESH_BATCH];
+    char lease_ttl[24];
+    char resume_ttl[24];
     int n;
 };
 
+struct refresh_ctx {
+    struct core *core;
+    int n;
+    struct { uint64_t conn, serial; } refs[];
+};
+
+static int64_t refresh_every_ms(const struct core *core)
+{
+    int64_t every = core->cfg.policy.heartbeat_grace_ms;
+    int64_t window = core->cfg.policy.resume_window_ms;
+
+    return window > 0 && window / 4 < every ? window / 4 : every;
+}
+
+/* A lease held by another daemon whose take-over message never came (the
+ * subscriber was down): the lease says it, and the session here ends. */
+static void on_refreshed(struct store *st, redisReply *r, void *arg)
+{
+    struct refresh_ctx *ctx = arg;
+    char holder[80], daemon[33], sid[33];
+
+    (void)st;
+    for (int i = 0; r != NULL && r->type == REDIS_REPLY_ARRAY &&
+                    i < ctx->n && (size_t)i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        struct session *s = session_find(ctx->core, ctx->refs[i].conn,
+                                         ctx->refs[i].serial);
+
+        if (s == NULL || e->type != REDIS_REPLY_STRING)
+            continue;
+        lease_holder(ctx->core, s, holder, sizeof(holder));
+        if (strcmp(e->str, holder) != 0 &&
+            sscanf(e->str, "%32s %32s", daemon, sid) == 2)
+            let_go(ctx->core, s, strcmp(sid, s->id) == 0, "lease");
+    }
+    free(ctx);
+}
+
 static void refresh_flush(struct core *core, struct refresh_batch *b)
 {
-    const char *argv[2 * LEDGER_REFRESH_BATCH + 1];
+    const char *argv[4 * LEDGER_REFRESH_BATCH + 2];
+    int nkeys = 2 * b->n;
+    struct refresh_ctx *ctx;
 
     if (b->n == 0)
         return;
-    for (int i = 0; i < b->n; i++) {
-        argv[i] = b->keys[i];
-        argv[b->n + 1 + i] = b->courses[i];
+    ctx = malloc(sizeof(*ctx) + (size_t)b->n * sizeof(ctx->refs[0]));
+    if (ctx == NULL) {
+        b->n = 0;
+        return;
     }
-    argv[b->n] = b->ttl;
-    ledger_run(core->store, LEDGER_REFRESH, NULL, NULL, b->n, 2 * b->n + 1,
-               argv, NULL);
+    ctx->core = core;
+    ctx->n = b->n;
+    argv[nkeys] = b->lease_ttl;
+    argv[nkeys + 1] = b->resume_ttl;
+    for (int i = 0; i < b->n; i++) {
+        argv[2 * i] = b->keys[2 * i];
+        argv[2 * i + 1] = b->keys[2 * i + 1];
+        argv[nkeys + 2 + 2 * i] = b->holders[i];
+        argv[nkeys + 3 + 2 * i] = b->courses[i];
+        ctx->refs[i].conn = b->refs[i].conn;
+        ctx->refs[i].serial = b->refs[i].serial;
+    }
+    if (ledger_run(core->store, LEDGER_REFRESH, on_refreshed, ctx, nkeys,
+                   2 * nkeys + 2, argv, NULL) != LEDGER_OK) {
+        log_warning("msg=\"lease and resume refresh not sent\" "
+                    "sessions=%d", b->n);
+        free(ctx);
+    }
     b->n = 0;
 }
 
-static void refresh_resume(struct core *core, struct refresh_batch *b,
-                           struct session *s, int64_t now)
+static void refresh_session(struct core *core, struct refresh_batch *b,
+                            struct session *s, int64_t now)
 {
-    char suffix[64];
+    char suffix[64], *lease = b->keys[2 * b->n];
+    char *resume = b->keys[2 * b->n + 1];
 
-    if (now - s->resume_touched_ms < core->cfg.policy.resume_window_ms / 4 ||
+    if (now - s->alive_ms < refresh_every_ms(core) ||
         !store_is_up(core->store))
         return;
-    s->resume_touched_ms = now;
+    s->alive_ms = now;
     snprintf(suffix, sizeof(suffix), "resume:%s", s->id);
-    if (ledger_key(b->keys[b->n], sizeof(b->keys[b->n]), s->claims.sub,
-                   suffix) != LEDGER_OK)
+    if (ledger_key(lease, 320, s->claims.sub, "lease") != LEDGER_OK ||
+        ledger_key(resume, 320, s->claims.sub, suffix) != LEDGER_OK)
         return;
-    /* On a cluster one script may only touch one slot: a key of another
-     * slot than the batch's starts a new batch. */
-    if (b->n > 0 && !store_same_slot(core->store, b->keys[0],
-                                     b->keys[b->n])) {
-        char key[320];
+    /* On a cluster one script may only touch one slot: a learner of
+     * another slot than the batch's starts a new batch. */
+    if (b->n > 0 && !store_same_slot(core->store, b->keys[0], lease)) {
+        char key[2][320];
 
-        memcpy(key, b->keys[b->n], sizeof(key));
+        memcpy(key[0], lease, sizeof(key[0]));
+        memcpy(key[1], resume, sizeof(key[1]));
         refresh_flush(core, b);
-        memcpy(b->keys[0], key, sizeof(key));
+        memcpy(b->keys[0], key[0], sizeof(key[0]));
+        memcpy(b->keys[1], key[1], sizeof(key[1]));
     }
-    b->courses[b->n++] = s->claims.course;
-    if (b->n == LEDGER_REFRESH_BATCH)
+    lease_holder(core, s, b->holders[b->n], sizeof(b->holders[b->n]));
+    b->courses[b->n] = s->claims.course;
+    b->refs[b->n].conn = s->conn;
+    b->refs[b->n].serial = s->serial;
+    if (++b->n == LEDGER_REFRESH_BATCH)
         refresh_flush(core, b);
 }
 
@@ -1156,12 +1181,18 @@ void session_tick(struct core *core)
     int32_t offset = cached_offset(t, now);
     struct policy_decision d;
     char check[40];
+    int refresh_round;
 
     /* What waited for Redis goes before anything decided now. */
     credit_drain(core);
     snprintf(check, sizeof(check), "t%lld", (long long)now);
     expire_parked(t, now, core->cfg.policy.resume_window_ms);
-    snprintf(batch.ttl, sizeof(batch.ttl), "%lld",
+    refresh_round = now - t->refreshed_ms >= refresh_every_ms(core) / 6;
+    if (refresh_round)
+        t->refreshed_ms = now;
+    snprintf(batch.lease_ttl, sizeof(batch.lease_ttl), "%lld",
+             (long long)lease_ttl_ms(core));
+    snprintf(batch.resume_ttl, sizeof(batch.resume_ttl), "%lld",
              (long long)core->cfg.policy.resume_window_ms);
     for (size_t i = 0; i < SESSION_BUCKETS; i++) {
         struct session *s = t->by_conn[i];
@@ -1183,8 +1214,8 @@ void session_tick(struct core *core)
                 if (d.nflags > 0 || d.state_changed)
                     credit_apply(core, s, &d, check, NULL, 0, NULL);
                 challenge_tick(core, s, now);
-                refresh_resume(core, &batch, s, now);
-                lease_refresh(core, s, now);
+                if (refresh_round)
+                    refresh_session(core, &batch, s, now);
             }
             s = next;
         }

@@ -45,7 +45,8 @@
  * what neither shows (a replica promoted while its old master still
  * answers). */
 #define STORE_MAP_REFRESH_MS 60000
-#define STORE_MAX_ARGS 80
+/* A batched keep-alive script (ledger.c) is the longest command sent. */
+#define STORE_MAX_ARGS 300
 
 struct store_script {
     const char *source;
@@ -1153,11 +1154,11 @@ int store_script(struct store *st, int script, store_reply_cb cb,
                  void *arg, int nkeys, int argc, const char **argv,
                  const size_t *lens)
 {
-    const char *full[64];
-    size_t full_lens[64];
+    const char *full[STORE_MAX_ARGS];
+    size_t full_lens[STORE_MAX_ARGS];
     char nkeys_buf[16];
 
-    if (script < 0 || script >= st->nscripts || argc + 3 > 64)
+    if (script < 0 || script >= st->nscripts || argc + 3 > STORE_MAX_ARGS)
         return STORE_ERR;
     snprintf(nkeys_buf, sizeof(nkeys_buf), "%d", nkeys);
     if (st->cluster) {

@@ -5,10 +5,14 @@
  * which always has room: it holds at most as many as were admitted. */
 #include "vision_pool.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -115,6 +119,19 @@ static void *worker_main(void *arg)
     struct worker_arg *wa = arg;
     struct vision_pool *pool = wa->pool;
     struct vision_job *job;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    int nice = pool->core->cfg.vision_nice;
+
+    /* Analyses take tens of milliseconds of CPU each; a heartbeat takes
+     * microseconds but waits behind whatever holds the CPU. Below the
+     * network and core threads' priority the workers still get every
+     * idle cycle, and snapshots do not delay everyone else's acks. */
+    errno = 0;
+    if (nice > 0 &&
+        setpriority(PRIO_PROCESS, (id_t)tid,
+                    getpriority(PRIO_PROCESS, (id_t)tid) + nice) != 0)
+        log_warning("msg=\"vision worker keeps the daemon's priority\" "
+                    "vision.nice=%d error=\"%s\"", nice, strerror(errno));
 
     for (;;) {
         pthread_mutex_lock(&pool->lock);

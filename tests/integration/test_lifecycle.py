@@ -75,15 +75,45 @@ def test_missing_config_file_exits_2(workdir):
     ({"auth.jwt_secret": None}, "auth.jwt_secret"),
     ({"auth.jwt_secret": "short"}, "auth.jwt_secret"),
     ({"bogus.key": "1"}, "bogus"),
+    ({"vision.nice": "20"}, "vision.nice"),
 ], ids=["duration_word", "duration_no_unit", "size", "unknown_key",
         "typo_key", "negative", "share_range", "no_secret", "short_secret",
-        "unknown_section"])
+        "unknown_section", "nice_range"])
 def test_config_error_exits_2_naming_the_key(workdir, overrides, needle):
     d = Daemon(workdir, "127.0.0.1:1", overrides)
     p = run_binary("-c", d.config_path)
     assert p.returncode == 2, (p.returncode, p.stderr)
     line = one_line(p.stderr)
     assert needle in line, line
+
+
+def thread_nice(pid):
+    """{thread name: [nice values]} from /proc (field 19 of stat)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+            stat = f.read()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out.setdefault(name, []).append(int(fields[16]))
+    return out
+
+
+@pytest.mark.parametrize("nice", ["10", "0"])
+def test_vision_workers_run_below_the_network_threads(daemon_factory, nice):
+    """vision.nice lowers the analysis threads only: the core and the
+    network threads keep the daemon's own priority."""
+    d = daemon_factory({"vision.workers": "3", "vision.nice": nice})
+    threads = thread_nice(d.proc.pid)
+    lowered = sum(1 for values in threads.values() for v in values
+                  if v == int(nice))
+    assert all(v == 0 for v in threads["proctord-net0"] +
+               threads["proctord-net1"]), threads
+    if nice == "0":
+        assert all(v == 0 for values in threads.values()
+                   for v in values), threads
+    else:
+        assert lowered == 3, threads
 
 
 # ---------------------------------------------------------------------
