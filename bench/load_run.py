@@ -162,6 +162,12 @@ class Baseline:
         self.out.close()
 
 
+# The generator answers no challenge: the one after Welcome is missed
+# (and flagged) before the window, and no other comes in it.
+QUIET_CHALLENGES = {"policy.check_interval": "1h",
+                    "policy.challenge_deadline": "2s"}
+
+
 class Campaign:
     def __init__(self, args):
         self.args = args
@@ -240,14 +246,26 @@ class Campaign:
 
     def throughput(self, label, runs, make_server, extra, perf=False):
         for i in range(runs):
-            server = make_server()
-            try:
-                pid = server.proc.pid
-                daemon = server if isinstance(server, Daemon) else None
-                self.load("%s-%d" % (label, i), server.url, pid, extra,
-                          daemon, perf_at=8 if perf and i == 0 else None)
-            finally:
-                server.stop()
+            self.throughput_run(label, i, make_server, extra, perf)
+
+    def throughput_run(self, label, i, make_server, extra, perf=False):
+        server = make_server()
+        try:
+            pid = server.proc.pid
+            daemon = server if isinstance(server, Daemon) else None
+            self.load("%s-%d" % (label, i), server.url, pid, extra,
+                      daemon, perf_at=8 if perf and i == 0 else None)
+        finally:
+            server.stop()
+
+    def side_by_side(self, name, runs, new_baseline, new_daemon, extra,
+                     daemon_extra=None, perf=False):
+        """The baseline and the daemon take turns, run by run, so that
+        the machine's other load falls on both alike."""
+        for i in range(runs):
+            self.throughput_run("baseline_" + name, i, new_baseline, extra)
+            self.throughput_run("daemon_" + name, i, new_daemon,
+                                daemon_extra or extra, perf)
 
     def evlib_campaign(self):
         """Hold on the baseline and the daemon per event library, then
@@ -299,7 +317,7 @@ class Campaign:
         a = self.args
         tp = {"server.msg_rate": "1000000", "server.msg_burst": "1000000"}
         new_daemon = lambda over=tp: Daemon(self.work, self.redis, over)
-        new_baseline = lambda: Baseline(self.work)
+        new_baseline = lambda: Baseline(self.work, a.baseline_evlib)
         d = a.tp_duration
         closed = ["--sessions", a.tp_sessions, "--rate", 2000, "--interval",
                   0, "--window", a.window, "--duration", d]
@@ -314,27 +332,48 @@ class Campaign:
         if self.wanted("redis"):
             self.redis_benchmark()
         if self.wanted("closed"):
-            self.throughput("baseline_closed", a.runs, new_baseline, closed)
-            self.throughput("daemon_closed", a.runs, new_daemon, closed,
-                            True)
+            self.side_by_side("closed", a.runs, new_baseline, new_daemon,
+                              closed, perf=True)
         if self.wanted("open"):
-            self.throughput("baseline_open", a.runs, new_baseline, opened)
-            self.throughput("daemon_open", a.runs, new_daemon, opened)
+            self.side_by_side("open", a.runs, new_baseline, new_daemon,
+                              opened)
         if self.wanted("sparse"):
-            self.throughput("baseline_sparse", 1, new_baseline, sparse)
-            self.throughput("daemon_sparse", 1, new_daemon, sparse)
+            self.side_by_side("sparse", 1, new_baseline, new_daemon, sparse)
+        if self.wanted("idle"):
+            # Challenges are missed (and flagged) in the settle, so the
+            # window holds heartbeats and what keeps sessions alive.
+            idle = ["--sessions", 1000, "--rate", 1000, "--hold",
+                    "--interval", "10s", "--settle", 5,
+                    "--duration", a.idle_duration]
+            self.side_by_side(
+                "idle", a.runs, new_baseline,
+                lambda: Daemon(self.work, self.redis, QUIET_CHALLENGES), idle)
+        if self.wanted("checks"):
+            # Learners who answer their challenges with real photos: what
+            # face checks add to Redis, per heartbeat and per check. Still
+            # photos cannot answer a turn, so no challenge asks for one.
+            checks = ["--sessions", a.checks_sessions, "--rate", 200,
+                      "--interval", "10s", "--settle", 5,
+                      "--duration", a.checks_duration,
+                      "--snapshots", os.path.join(SHARED, "data", "faces",
+                                                  "lfw"), "--enrol"]
+            self.throughput(
+                "daemon_checks", 1,
+                lambda: Daemon(self.work, self.redis,
+                               {"policy.check_interval": "1m",
+                                "policy.liveness_share": "0"}), checks)
         if not self.wanted("hold"):
             return
 
         hold = ["--sessions", a.hold_sessions, "--rate", a.hold_rate,
                 "--hold", "--duration", a.hold_duration, "--src-ips", 4,
-                "--ramp-timeout", 180]
+                "--ramp-timeout", 180, "--settle", 5]
         bare_hold = ["--sessions", a.hold_sessions, "--rate", a.hold_rate,
                      "--hold", "--duration", min(a.hold_duration, 60),
                      "--src-ips", 4, "--ramp-timeout", 180]
         self.throughput("baseline_hold", 1, new_baseline, bare_hold)
         for i in range(a.hold_runs):
-            daemon = new_daemon({})
+            daemon = new_daemon(QUIET_CHALLENGES)
             try:
                 self.load("daemon_hold-%d" % i, daemon.url, daemon.proc.pid,
                           hold, daemon,
@@ -437,23 +476,22 @@ def summary(results, perf, info):
     w("")
     groups = ("baseline_closed", "daemon_closed", "baseline_open",
               "daemon_open", "baseline_sparse", "daemon_sparse",
+              "baseline_idle", "daemon_idle", "daemon_checks",
               "baseline_hold", "daemon_hold")
     if any(results.get(g) for g in groups):
         w("| run | n | heartbeats/s (median) | p50 ms | p99 ms | p99.9 ms | "
           "errors | server CPU % (threads) | load gen CPU % |")
         w("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name in ("baseline_closed", "daemon_closed", "baseline_open",
-                 "daemon_open", "baseline_sparse", "daemon_sparse",
-                 "baseline_hold", "daemon_hold"):
+    for name in groups:
         rows = results.get(name)
         if not rows:
             continue
         if name.startswith("daemon"):
-            threads = "core %.0f, net %.0f" % (med_role(rows, "epoll"),
+            threads = "core %.1f, net %.1f" % (med_role(rows, "epoll"),
                                                med_role(rows, "net", "poll"))
         else:
             threads = "1 thread"
-        w("| %s | %d | %.0f | %.2f | %.2f | %.2f | %.0f | %.0f (%s) | %.0f |"
+        w("| %s | %d | %.0f | %.2f | %.2f | %.2f | %.0f | %.1f (%s) | %.1f |"
           % (name, len(rows), med(rows, "hb_rate"),
              med(rows, "heartbeat", "p50"), med(rows, "heartbeat", "p99"),
              med(rows, "heartbeat", "p999"), med(rows, "errors"),
@@ -463,6 +501,18 @@ def summary(results, perf, info):
         w("")
         w("Daemon / transport baseline, closed loop: %.2f" % (
             med(dc, "hb_rate") / med(bc, "hb_rate")))
+    for name in ("daemon_idle", "daemon_checks"):
+        rows = results.get(name)
+        if rows:
+            w("%s: redis commands per heartbeat %.4f (%s), snapshots %s, "
+              "verdicts %s" % (
+                  name, med(rows, "redis_per_heartbeat"),
+                  ", ".join("%.4f" % r.get("redis_per_heartbeat", 0)
+                            for r in rows),
+                  [r.get("snapshots") for r in rows],
+                  [r.get("verdicts") for r in rows]))
+            for r in rows:
+                w("  redis commandstats: %s" % r.get("redis_cmdstats"))
     for name in ("baseline_hold", "daemon_hold"):
         rows = results.get(name)
         if rows:
@@ -549,11 +599,15 @@ def main():
     p.add_argument("--idle-duration", type=int, default=60,
                    help="evlib group: seconds of each idle window (1%% of "
                         "a core is 0.6 s of CPU in 60 s)")
+    p.add_argument("--baseline-evlib", default="ev",
+                   help="the transport baseline's event library")
+    p.add_argument("--checks-sessions", type=int, default=200)
+    p.add_argument("--checks-duration", type=int, default=120)
     p.add_argument("--out", default=None)
     p.add_argument("--perf", action="store_true")
     p.add_argument("--only", default=None,
                    help="comma-separated groups: redis,closed,open,sparse,"
-                        "hold,evlib (default: all)")
+                        "idle,checks,hold,evlib (default: all)")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds of each, to try the script")
     args = p.parse_args()
