@@ -1,8 +1,10 @@
 """Snapshots at a fixed rate beside a heartbeat load, on the real daemon.
 
-In one run, on the same machine: the bare vision loop's images/s with the
-daemon's worker count (bench/vision_loop.c), then, taking turns, three
-windows through the daemon:
+In one run, on the same machine, each repeat measures the bare vision
+loop's images/s with the daemon's worker count (bench/vision_loop.c) and
+right after it, taking turns, three windows through the daemon (the
+machine's speed drifts by a fifth from minute to minute, so the rate is
+set from the loop run just before):
 
   hb      proctord_load's learners heartbeating alone;
   snap    unsolicited snapshots at --share of the loop's rate, open loop
@@ -178,6 +180,7 @@ def main():
     ap.add_argument("--hb-sessions", type=int, default=1000)
     ap.add_argument("--hb-interval", default="1s")
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--loop-seconds", type=float, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--nice", default="10,0")
     ap.add_argument("--json")
@@ -197,12 +200,6 @@ def main():
     redis = Redis(workdir)
     results = {"loop": [], "windows": {}}
     try:
-        loop = bare_phase(a.workers, 15, files, CpuWindow(
-            {"daemon": redis.proc.pid}))
-        results["loop"].append(loop)
-        rate = a.share * loop["images_per_s"]
-        print("loop: %.1f images/s with %d threads; snapshots at %.1f/s"
-              % (loop["images_per_s"], a.workers, rate), flush=True)
         asyncio.set_event_loop(asyncio.new_event_loop())
         for nice in [int(x) for x in a.nice.split(",")]:
             redis.cli("FLUSHALL")
@@ -217,6 +214,15 @@ def main():
                 figs = results["windows"].setdefault(str(nice), [])
                 kinds = ["hb", "snap", "hb+snap"]
                 for i in range(a.repeats):
+                    loop = bare_phase(a.workers, a.loop_seconds, files,
+                                      CpuWindow({"daemon": daemon.proc.pid}))
+                    results["loop"].append(loop)
+                    rate = a.share * loop["images_per_s"]
+                    print("nice=%d #%d loop: %.1f images/s with %d threads; "
+                          "snapshots at %.1f/s" % (nice, i,
+                                                   loop["images_per_s"],
+                                                   a.workers, rate),
+                          flush=True)
                     order = kinds[i % 3:] + kinds[:i % 3]
                     for kind in order:
                         f = run_window(daemon, conns, pairs, kind, rate, a,
@@ -235,7 +241,8 @@ def main():
                 fs = [f for f in figs if f["kind"] == kind]
                 line = ["nice=%s %-7s" % (nice, kind)]
                 for k in ("hb_per_s", "hb_p50_ms", "hb_p99_ms", "hb_p999_ms",
-                          "snap_p50_ms", "snap_p99_ms", "snap_max_ms",
+                          "snap_rate", "snap_p50_ms", "snap_p99_ms",
+                          "snap_max_ms",
                           "daemon_cpu_share"):
                     vals = [f[k] for f in fs if k in f]
                     if vals:
