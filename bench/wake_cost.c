@@ -6,10 +6,12 @@
  * A --rate times a second; with --hops 3, A wakes B through an eventfd and
  * B wakes A back, each waiting in epoll_wait as the daemon's threads do
  * (timerfd + eventfds, nothing else). The process's CPU time over the run,
- * divided by the wake-ups, is what a wake-up costs here.
+ * divided by the wake-ups, is what a wake-up costs here. --timeout gives
+ * every wait a timeout, as event loops with timers do (lws's 1 s tick,
+ * libevent's): a sleep then also arms a kernel timer.
  *
  *   proctord_wake_cost --rate 100 --seconds 30 --hops 1
- *   proctord_wake_cost --rate 100 --seconds 30 --hops 3
+ *   proctord_wake_cost --rate 100 --seconds 30 --hops 3 --timeout 1000
  */
 #include <errno.h>
 #include <pthread.h>
@@ -25,14 +27,19 @@
 #include <unistd.h>
 
 static int to_b, to_a;
+static int timeout_ms = -1;
 static volatile int done;
 
 static void wait_one(int epfd)
 {
     struct epoll_event ev;
 
-    while (epoll_wait(epfd, &ev, 1, -1) < 0 && errno == EINTR)
-        ;
+    int n;
+
+    while ((n = epoll_wait(epfd, &ev, 1, timeout_ms)) == 0 ||
+           (n < 0 && errno == EINTR))
+        if (done)
+            return;
 }
 
 static int watch(int fd)
@@ -99,10 +106,12 @@ int main(int argc, char **argv)
             seconds = atof(argv[i + 1]);
         else if (strcmp(argv[i], "--hops") == 0)
             hops = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--timeout") == 0)
+            timeout_ms = atoi(argv[i + 1]);
     }
     if (rate <= 0 || seconds <= 0 || (hops != 1 && hops != 3)) {
-        fprintf(stderr, "usage: %s [--rate N] [--seconds S] [--hops 1|3]\n",
-                argv[0]);
+        fprintf(stderr, "usage: %s [--rate N] [--seconds S] [--hops 1|3] "
+                "[--timeout MS]\n", argv[0]);
         return 2;
     }
     to_b = eventfd(0, EFD_CLOEXEC);
@@ -149,9 +158,10 @@ int main(int argc, char **argv)
             perror("write");
         pthread_join(b, NULL);
     }
-    printf("wake_cost hops=%d rate=%.0f/s rounds=%ld wall=%.1fs cpu=%.3fs "
-           "cpu_share=%.2f%% per_round_us=%.1f per_wake_us=%.1f\n", hops,
-           rate, ticks, wall, cpu, 100 * cpu / wall, 1e6 * cpu / ticks,
+    printf("wake_cost hops=%d timeout=%d rate=%.0f/s rounds=%ld wall=%.1fs "
+           "cpu=%.3fs cpu_share=%.2f%% per_round_us=%.1f per_wake_us=%.1f\n",
+           hops, timeout_ms, rate, ticks, wall, cpu, 100 * cpu / wall,
+           1e6 * cpu / ticks,
            1e6 * cpu / ((double)ticks * hops));
     return 0;
 }
