@@ -32,10 +32,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
-from conftest import (SECRET, SOURCE, Daemon, Learner, Redis,  # noqa: E402
-                      learner_token, pb)
-from snapshots import (ORG, CpuWindow, bare_phase, enrol,  # noqa: E402
-                       people, quantile)
+from conftest import SECRET, SOURCE, Daemon, Redis, pb  # noqa: E402
+from snapshots import (CpuWindow, bare_phase, enrol,  # noqa: E402
+                       open_session, people, quantile)
 
 LOAD = os.environ.get("PROCTORD_LOAD") or os.path.join(
     SOURCE, "build", "bench", "proctord_load")
@@ -85,14 +84,7 @@ def heartbeat_result(proc, path):
 
 
 async def open_sessions(daemon, learners):
-    async def one(lid, photo):
-        c = await Learner.connect(daemon)
-        await c.hello(learner_token(sub=lid, org=ORG, course=ORG))
-        ch = await c.expect("challenge")
-        await c.snapshot(photo, ch.challenge_id)
-        await c.expect("verdict", timeout=60)
-        return c
-    return await asyncio.gather(*[one(lid, photos[0])
+    return await asyncio.gather(*[open_session(daemon, lid, photos[0])
                                   for lid, photos in learners])
 
 
