@@ -104,6 +104,16 @@ def test_vision_workers_run_below_the_network_threads(daemon_factory, nice):
     """vision.nice lowers the analysis threads only: the core and the
     network threads keep the daemon's own priority."""
     d = daemon_factory({"vision.workers": "3", "vision.nice": nice})
+    # Each thread names (and lowers) itself once it runs, which can be
+    # just after the ports answer.
+    names = ("proctord-net0", "proctord-net1")
+    wait_until(lambda: all(n in thread_nice(d.proc.pid) for n in names), 10,
+               what="network threads named")
+    if nice != "0":
+        wait_until(lambda: sum(v == int(nice) for values in
+                               thread_nice(d.proc.pid).values()
+                               for v in values) >= 3, 10,
+                   what="vision workers lowered")
     threads = thread_nice(d.proc.pid)
     lowered = sum(1 for values in threads.values() for v in values
                   if v == int(nice))
